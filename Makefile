@@ -1,0 +1,35 @@
+# `make help` lists the targets. Every target that runs code installs what it needs first.
+PY      := .venv/bin/python
+STAMP   := .venv/.installed
+# The sweep that `make table-demo` tabulates: the newest Hydra sweep dir unless SWEEP=... is given.
+SWEEP   ?= $(shell ls -td outputs/demo outputs/multirun/*/*/ 2>/dev/null | head -1)
+
+.PHONY: help setup demo table-demo test test-slow clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+setup: $(STAMP)  ## create .venv with an editable install (idempotent)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup  ## original + retrain oracle + ft, rl, ga on the bundled digits, then the table
+	$(PY) -m runner -m experiment=demo
+	$(PY) -m runner.report outputs/demo
+
+table-demo: setup  ## table of a sweep dir (SWEEP=dir, default: the newest sweep)
+	@test -n "$(SWEEP)" || { echo "no sweep dir under outputs/; run a sweep first or pass SWEEP=dir"; exit 1; }
+	$(PY) -m runner.report $(SWEEP)
+
+test: setup  ## the test suite (fast CPU tests)
+	$(PY) -m pytest -q
+
+test-slow: setup  ## the tests marked slow (real-data checks, minutes)
+	$(PY) -m pytest -q -m slow
+
+clean:  ## remove outputs (runs, sweeps, cache) and Python caches; keeps .venv
+	rm -rf outputs .pytest_cache
+	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +

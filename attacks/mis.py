@@ -1,0 +1,43 @@
+"""MIA-efficacy (SalUn, Fan et al., ICLR 2024; called "MIS" in the AMUN paper).
+
+Exactly what is computed: the feature of a sample is the model's softmax confidence on its true
+label. An SVC (RBF kernel, C=3, gamma="auto") is trained to tell members (`num_members` retain
+samples, drawn with `np.random.RandomState(seed).choice`; by default as many as the test set has,
+SalUn's choice: 10,000 on CIFAR) from non-members (the whole test set).
+MIA-efficacy = the percentage of forget samples the SVC predicts to be non-members. Higher means
+the model treats D_F more like unseen data; the retrain oracle's value is the target.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.svm import SVC
+
+
+def true_label_confidence(logits: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """softmax(logits)[i, y_i] as float64 numpy."""
+    p = torch.softmax(logits.double(), dim=1)
+    return p.gather(1, y[:, None]).squeeze(1).cpu().numpy()
+
+
+def mia_efficacy_score(member: np.ndarray, nonmember: np.ndarray, target: np.ndarray, *,
+                       C: float) -> float:
+    """% of `target` predicted non-member by an SVC fit on member (1) vs non-member (0) features."""
+    features = np.concatenate([member, nonmember]).reshape(-1, 1)
+    labels = np.concatenate([np.ones(len(member)), np.zeros(len(nonmember))])
+    svc = SVC(C=C, kernel="rbf", gamma="auto").fit(features, labels)
+    return float(np.mean(svc.predict(target.reshape(-1, 1)) == 0) * 100.0)
+
+
+def mia_efficacy(model: torch.nn.Module, ctx, *, num_members: int | None, C: float,
+                 seed: int) -> dict[str, float]:
+    """MIA-efficacy of `model` on the run's forget set (see the module docstring)."""
+    conf = {s: true_label_confidence(ctx.logits(model, s), ctx.labels(s))
+            for s in ("forget", "retain", "test")}
+    n = min(num_members or len(conf["test"]), len(conf["retain"]))
+    members = conf["retain"][np.random.RandomState(seed).choice(len(conf["retain"]), n, replace=False)]
+    return {"mia_efficacy": mia_efficacy_score(members, conf["test"], conf["forget"], C=C)}
+
+
+mia_efficacy.metric_names = ("mia_efficacy",)

@@ -1,0 +1,83 @@
+"""Forget / retain splits of a training set.
+
+Random forget sets reproduce the papers' code exactly: `np.random.seed(s);
+np.random.choice(N, n, replace=False)` (AMUN, SalUn). Class forget sets take every training
+sample of one class. Every split is a pure function of its spec and the labels, so the same spec
+always gives the same indices; the indices' hash goes into the cache keys downstream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class SplitError(ValueError):
+    """A forget spec that cannot describe a subset of this training set."""
+
+
+@dataclass(frozen=True)
+class Split:
+    """Indices into the training set. `forget_idx` keeps the sampler's order; `retain_idx` is sorted."""
+
+    kind: str  # "random" or "class"
+    forget_idx: np.ndarray  # int64
+    retain_idx: np.ndarray  # int64, sorted, the complement of forget_idx
+    class_id: int | None = None
+
+    def digest(self, which: str = "retain") -> str:
+        """`index_digest` of the retain or forget indices."""
+        return index_digest(self.retain_idx if which == "retain" else self.forget_idx)
+
+
+def index_digest(idx: np.ndarray) -> str:
+    """sha256 of a set of indices (order-free): identifies a training subset in cache keys."""
+    return hashlib.sha256(np.sort(np.asarray(idx)).astype(np.int64).tobytes()).hexdigest()
+
+
+def random_forget(n_train: int, *, seed: int, fraction: float | None = None,
+                  count: int | None = None) -> Split:
+    """Forget `count` (or `round(fraction * n_train)`) samples drawn as the papers' code draws them."""
+    if (fraction is None) == (count is None):
+        raise SplitError("give exactly one of forget.fraction and forget.count "
+                         f"(got fraction={fraction}, count={count})")
+    if count is None:
+        if not 0.0 < fraction < 1.0:
+            raise SplitError(f"forget.fraction must lie in (0, 1), got {fraction}")
+        count = int(round(fraction * n_train))
+    if not 0 < count < n_train:
+        raise SplitError(f"forget.count must lie in [1, {n_train - 1}] for a training set of "
+                         f"{n_train} samples, got {count}")
+    # RandomState(s).choice draws exactly what np.random.seed(s); np.random.choice(...) draws,
+    # without touching numpy's global state.
+    forget = np.random.RandomState(seed).choice(n_train, count, replace=False).astype(np.int64)
+    return Split("random", forget, _complement(n_train, forget))
+
+
+def class_forget(train_y: np.ndarray, class_id: int, num_classes: int) -> Split:
+    """Forget every training sample of `class_id`."""
+    if not 0 <= class_id < num_classes:
+        raise SplitError(f"forget.class_id must lie in [0, {num_classes - 1}], got {class_id}")
+    train_y = np.asarray(train_y)
+    forget = np.flatnonzero(train_y == class_id).astype(np.int64)
+    if len(forget) == 0:
+        raise SplitError(f"class {class_id} has no training samples")
+    return Split("class", forget, _complement(len(train_y), forget), class_id=class_id)
+
+
+def make_split(spec, train_y: np.ndarray, num_classes: int) -> Split:
+    """Build the split a `forget` config describes (kind random: fraction|count, seed; kind class: class_id)."""
+    if spec.kind == "random":
+        return random_forget(len(train_y), seed=spec.seed, fraction=spec.get("fraction"),
+                             count=spec.get("count"))
+    if spec.kind == "class":
+        return class_forget(train_y, spec.class_id, num_classes)
+    raise SplitError(f"unknown forget.kind {spec.kind!r}; choose 'random' or 'class'")
+
+
+def _complement(n: int, idx: np.ndarray) -> np.ndarray:
+    mask = np.ones(n, dtype=bool)
+    mask[idx] = False
+    return np.flatnonzero(mask).astype(np.int64)

@@ -1,0 +1,51 @@
+"""What an unlearning method receives besides the model, and the batch streams it builds from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from data.loader import Augment, Batches, Relabel
+
+
+@dataclass
+class UnlearnData:
+    """The forget set, the retain set (None when the method runs without access to it) and the
+    training settings a method shares with the original model (augmentation, precision, seed)."""
+
+    forget_x: torch.Tensor            # uint8 (n, C, H, W), on the device
+    forget_y: torch.Tensor            # int64 (n,)
+    retain_x: torch.Tensor | None
+    retain_y: torch.Tensor | None
+    num_classes: int
+    augment: Augment
+    seed: int
+    precision: str = "fp32"
+    channels_last: bool = False
+    train_from_scratch: Callable[[], torch.nn.Module] | None = None  # the cached retrain oracle
+
+    def retain(self, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.retain_x is None:
+            raise ValueError(f"{method} needs the retain set, but this run gives it none")
+        return self.retain_x, self.retain_y
+
+    def stream(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, salt: int = 0,
+               sign: float = 1.0, relabel: Relabel | None = None) -> Batches:
+        """Shuffled, augmented batches; `salt` makes streams of one method draw independently."""
+        return Batches(x, y, batch_size=batch_size, shuffle=True, seed=self.seed * 1000 + salt,
+                       augment=self.augment, relabel=relabel, sign=sign,
+                       channels_last=self.channels_last)
+
+
+def random_wrong_labels(num_classes: int, mask: torch.Tensor | None = None) -> Relabel:
+    """A relabel function: each masked sample (all if mask is None) gets a fresh label drawn
+    uniformly from the other num_classes - 1 classes, every time it is called (every epoch)."""
+
+    def relabel(y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        shift = torch.randint(1, num_classes, y.shape, device=y.device, generator=gen)
+        wrong = (y + shift) % num_classes
+        return wrong if mask is None else torch.where(mask, wrong, y)
+
+    return relabel

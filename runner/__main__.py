@@ -1,0 +1,63 @@
+"""`python -m runner [overrides]`: one unlearning experiment (or a sweep with -m)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from runner.config import validate
+from runner.pipeline import run
+from runner.results import Logger, git_commit, summary_rows, write_metrics
+
+log = logging.getLogger("runner")
+
+
+def execute(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
+    """Validate, run every stage, and record the outcome (metrics.json, W&B), failed or not."""
+    validate(cfg)  # before any data is loaded or any model trained
+    run_dir.mkdir(parents=True, exist_ok=True)
+    name = f"{cfg.method.name}-{cfg.dataset.name}-seed{cfg.seed}"
+    base = {"config": OmegaConf.to_container(cfg, resolve=True), "git_commit": git_commit(),
+            "run_dir": str(run_dir), "name": name}
+    logger = Logger(cfg, run_dir, name, group)
+    start = time.perf_counter()
+    try:
+        result = run(cfg, run_dir)
+    except BaseException as err:
+        write_metrics(run_dir, {**base, "status": "failed", "error": f"{type(err).__name__}: {err}",
+                                "wall_seconds": round(time.perf_counter() - start, 3)})
+        logger.finish(exit_code=1)
+        raise
+    result = {**base, **result, "status": "ok",
+              "wall_seconds": round(time.perf_counter() - start, 3)}
+    write_metrics(run_dir, result)
+    logger.log_result(result)
+    logger.finish()
+    return result
+
+
+def print_summary(result: dict) -> None:
+    columns, rows = summary_rows(result)
+    log.info("%s | avg_gap %.2f | cache hits %s", result["name"], result["avg_gap"],
+             result["cache_hits"])
+    log.info("  ".join(f"{c:>12}" for c in columns))
+    for row in rows:
+        log.info("  ".join(f"{v:>12.2f}" if isinstance(v, float) else f"{v:>12}" for v in row))
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    hc = HydraConfig.get()
+    group = Path(hc.sweep.dir).name if hc.mode.name == "MULTIRUN" else None
+    result = execute(cfg, Path(hc.runtime.output_dir), group)
+    print_summary(result)
+    return result["avg_gap"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Content-addressed artifact cache: `<root>/<kind>/<key>/`.
+
+key = sha256 of exactly the spec that determines the artifact (dataset fingerprint, model, recipe,
+seed, training-index digest, ...) plus CODE_VERSION. Every artifact directory carries a manifest
+with the sha256 and size of each file, written last and verified on every load: a truncated or
+corrupted artifact is reported, deleted and rebuilt, never used. Writes go to a temp dir that is
+renamed into place, so readers never see a partial artifact; when two jobs race to build the same
+key, the loser discards its copy and uses the winner's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+log = logging.getLogger("runner.cache")
+
+# Bump when a change to training code changes what an unchanged spec produces.
+CODE_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def key_of(spec: Mapping[str, Any]) -> str:
+    """Stable hash of a JSON-able spec (key order does not matter)."""
+    blob = json.dumps({"code_version": CODE_VERSION, "spec": spec}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Cache:
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+
+    def path(self, kind: str, key: str) -> Path:
+        return self.root / kind / key
+
+    def load(self, kind: str, key: str) -> Path | None:
+        """The verified artifact directory, or None if absent; a corrupt one is removed."""
+        final = self.path(kind, key)
+        if not final.exists():
+            return None
+        problem = self._verify(final)
+        if problem is None:
+            return final
+        log.warning("cache: %s/%s is corrupt (%s); deleting and rebuilding it", kind, key, problem)
+        shutil.rmtree(final, ignore_errors=True)
+        return None
+
+    def get_or_build(self, kind: str, spec: Mapping[str, Any],
+                     write: Callable[[Path], None]) -> tuple[Path, str, bool]:
+        """Return (artifact dir, key, hit). On a miss, `write(tmp_dir)` fills a fresh directory."""
+        key = key_of(spec)
+        found = self.load(kind, key)
+        if found is not None:
+            log.info("cache hit: %s/%s", kind, key)
+            return found, key, True
+        log.info("cache miss: %s/%s, building", kind, key)
+        tmp = self.root / kind / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        try:
+            write(tmp)
+            self._write_manifest(tmp, spec)
+            final = self.path(kind, key)
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                # Another job finished the same key first: keep theirs if it is sound.
+                if self.load(kind, key) is None:
+                    os.rename(tmp, final)
+                else:
+                    log.info("cache: %s/%s was built concurrently; using that copy", kind, key)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return self.path(kind, key), key, False
+
+    def _write_manifest(self, directory: Path, spec: Mapping[str, Any]) -> None:
+        files = {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size}
+                 for p in sorted(directory.iterdir()) if p.is_file()}
+        manifest = {"code_version": CODE_VERSION, "created": time.time(), "spec": spec,
+                    "files": files}
+        (directory / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
+
+    @staticmethod
+    def _verify(directory: Path) -> str | None:
+        try:
+            manifest = json.loads((directory / MANIFEST).read_text())
+        except (OSError, ValueError) as err:
+            return f"unreadable manifest: {err}"
+        for name, meta in manifest["files"].items():
+            p = directory / name
+            if not p.is_file():
+                return f"missing {name}"
+            if p.stat().st_size != meta["bytes"]:
+                return f"{name} has {p.stat().st_size} bytes, expected {meta['bytes']}"
+            if _sha256(p) != meta["sha256"]:
+                return f"{name} checksum mismatch"
+        return None
+
+
+def save_model(directory: Path, model: torch.nn.Module) -> None:
+    torch.save(model.state_dict(), directory / "model.pt")
+
+
+def load_model(directory: Path, model: torch.nn.Module) -> torch.nn.Module:
+    """Load weights into `model` (weights_only: a checkpoint cannot run code)."""
+    state = torch.load(directory / "model.pt", map_location=next(model.parameters()).device,
+                       weights_only=True)
+    model.load_state_dict(state)
+    return model.eval()

@@ -1,0 +1,183 @@
+"""Check a composed config before any data is loaded, and the one place that instantiates partials.
+
+Hydra's struct mode already rejects overrides of keys that do not exist. `validate` adds the rest:
+typed schemas for the data-describing groups (unknown keys and wrong types fail), range checks on
+the forget spec, and a signature check of every `_partial_` target (method, evaluators) so a YAML
+typo or a missing hyper-parameter fails here rather than after an hour of training.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+# Keys of a partial's node that are not keyword arguments of its target.
+RESERVED = {"_target_", "_partial_", "name"}
+
+
+class ConfigError(ValueError):
+    """The composed configuration cannot describe a run."""
+
+
+@dataclass
+class Schedule:
+    name: str = "step"
+    step_size: Optional[int] = None
+    gamma: Optional[float] = None
+
+
+@dataclass
+class TrainRecipe:
+    epochs: int = 1
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: Schedule = field(default_factory=Schedule)
+    precision: str = "fp32"
+    channels_last: bool = False
+
+
+@dataclass
+class AugmentSpec:
+    crop_pad: int = 0
+    flip: bool = False
+
+
+@dataclass
+class DatasetSpec:
+    name: str = "digits"
+    source: str = "auto"
+    root: str = "datasets"
+    download: bool = False
+    options: dict = field(default_factory=dict)
+    channels: int = 1
+    image_size: int = 8
+    num_classes: int = 10
+    mean: list = field(default_factory=list)
+    std: list = field(default_factory=list)
+    augment: AugmentSpec = field(default_factory=AugmentSpec)
+
+
+@dataclass
+class ForgetSpec:
+    kind: str = "random"
+    fraction: Optional[float] = None
+    count: Optional[int] = None
+    seed: int = 1
+    class_id: Optional[int] = None
+
+
+def _check_schema(cfg: DictConfig, key: str, schema: type) -> None:
+    try:
+        OmegaConf.merge(OmegaConf.structured(schema), cfg[key])
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"config group '{key}': {err}".splitlines()[0] + "\n" + str(err)) from None
+
+
+def _target(node: DictConfig, where: str) -> Callable:
+    path = node.get("_target_")
+    if not path or not node.get("_partial_", False):
+        raise ConfigError(f"{where} needs `_target_: module.function` and `_partial_: true`")
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"{where}: cannot import {path}: {err}") from None
+
+
+def check_partial(node: DictConfig, where: str, n_positional: int) -> Callable:
+    """Check the node's keys against the target's keyword-only parameters and their types."""
+    fn = _target(node, where)
+    params = list(inspect.signature(fn).parameters.values())
+    keyword = {p.name: p for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    given = {k: v for k, v in node.items() if k not in RESERVED}
+    unknown = sorted(set(given) - set(keyword))
+    missing = sorted(k for k, p in keyword.items() if k not in given and p.default is p.empty)
+    if unknown or missing:
+        raise ConfigError(f"{where} ({node._target_}): unknown keys {unknown}, missing keys "
+                          f"{missing}; it takes {sorted(keyword)}")
+    hints = inspect.get_annotations(fn, eval_str=True)
+    for k, v in given.items():
+        expected = hints.get(k)
+        if expected in (int, float, bool, str) and not _fits(v, expected):
+            raise ConfigError(f"{where}.{k} must be {expected.__name__}, got {v!r}")
+    if len([p for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]) != n_positional:
+        raise ConfigError(f"{where}: {node._target_} must take {n_positional} positional arguments")
+    return fn
+
+
+def _fits(value: Any, expected: type) -> bool:
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def instantiate_partial(node: DictConfig, where: str, n_positional: int) -> functools.partial:
+    """`fn(*positional, **node)` as a partial, after `check_partial`."""
+    fn = check_partial(node, where, n_positional)
+    kwargs = {k: OmegaConf.to_object(v) if OmegaConf.is_config(v) else v
+              for k, v in node.items() if k not in RESERVED}
+    return functools.partial(fn, **kwargs)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError on anything that would fail later; loads no data."""
+    _check_schema(cfg, "train", TrainRecipe)
+    _check_schema(cfg, "dataset", DatasetSpec)
+    _check_schema(cfg, "forget", ForgetSpec)
+    ds, forget = cfg.dataset, cfg.forget
+    if len(ds.mean) != ds.channels or len(ds.std) != ds.channels:
+        raise ConfigError(f"dataset.mean/std need {ds.channels} values (one per channel)")
+    if forget.kind == "random":
+        if (forget.get("fraction") is None) == (forget.get("count") is None):
+            raise ConfigError("forget: give exactly one of fraction and count")
+        if forget.get("fraction") is not None and not 0 < forget.fraction < 1:
+            raise ConfigError(f"forget.fraction must lie in (0, 1), got {forget.fraction}")
+        if forget.get("count") is not None and forget.count < 1:
+            raise ConfigError(f"forget.count must be positive, got {forget.count}")
+    elif forget.kind == "class":
+        if forget.get("class_id") is None or not 0 <= forget.class_id < ds.num_classes:
+            raise ConfigError(f"forget.class_id must lie in [0, {ds.num_classes - 1}] for "
+                              f"{ds.name}, got {forget.get('class_id')}")
+    else:
+        raise ConfigError(f"forget.kind must be 'random' or 'class', got {forget.kind!r}")
+    if cfg.train.precision not in ("fp32", "bf16"):
+        raise ConfigError(f"train.precision must be fp32 or bf16, got {cfg.train.precision!r}")
+    check_partial(cfg.method, "method", n_positional=2)
+    for name, node in cfg.eval.evaluators.items():
+        check_partial(node, f"eval.evaluators.{name}", n_positional=2)
+    unknown_gap = set(cfg.eval.gap_metrics) - _metric_names(cfg)
+    if unknown_gap:
+        raise ConfigError(f"eval.gap_metrics names {sorted(unknown_gap)}, which no evaluator reports")
+    if cfg.logger.kind not in ("wandb", "none"):
+        raise ConfigError(f"logger.kind must be wandb or none, got {cfg.logger.kind!r}")
+
+
+def _metric_names(cfg: DictConfig) -> set[str]:
+    names: set[str] = set()
+    for node in cfg.eval.evaluators.values():
+        fn = _target(node, "evaluator")
+        names |= set(getattr(fn, "metric_names", ()))
+    return names
+
+
+def build_model(model_cfg: DictConfig, dataset_cfg: DictConfig):
+    """Instantiate the model for this dataset: channels, classes, size and normalization come from
+    the dataset config; `normalize: false` feeds raw [0, 1] pixels (mean 0, std 1)."""
+    from hydra.utils import instantiate
+
+    kwargs = {k: v for k, v in model_cfg.items() if k != "normalize"}
+    c = dataset_cfg.channels
+    mean, std = (list(dataset_cfg.mean), list(dataset_cfg.std)) if model_cfg.normalize else ([0.0] * c, [1.0] * c)
+    return instantiate(kwargs, num_classes=dataset_cfg.num_classes, in_channels=c,
+                       image_size=dataset_cfg.image_size, mean=mean, std=std)

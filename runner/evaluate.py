@@ -1,0 +1,86 @@
+"""Evaluation context, batched inference, accuracies and the Avg. Gap.
+
+An evaluator is `evaluate(model, ctx, **params) -> dict[str, float]` and lists the names it
+reports in `evaluate.metric_names`. Model outputs on each subset are computed once per model, in
+large batches under `torch.inference_mode`, and shared by all evaluators.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from data.loader import to_float
+from data.splits import Split
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, x_u8: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Logits (float32, on x's device) of `model` on uint8 images."""
+    model.eval()
+    out = [model(to_float(x_u8[i:i + batch_size])).float() for i in range(0, len(x_u8), batch_size)]
+    return torch.cat(out) if out else torch.empty(0)
+
+
+@dataclass
+class EvalContext:
+    """What evaluators may look at: the data on the device, the split, and memoized outputs."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    split: Split
+    num_classes: int
+    batch_size: int = 1024
+    _logits: dict = field(default_factory=dict, repr=False)
+
+    def subset(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and labels of "forget", "retain" or "test"."""
+        if name == "test":
+            return self.test_x, self.test_y
+        idx = torch.as_tensor(self.split.forget_idx if name == "forget" else self.split.retain_idx,
+                              device=self.train_x.device)
+        return self.train_x[idx], self.train_y[idx]
+
+    def logits(self, model: torch.nn.Module, name: str) -> torch.Tensor:
+        """Memoized logits of `model` on a subset (keyed by the model object)."""
+        key = (id(model), name)
+        if key not in self._logits:
+            self._logits[key] = (model, predict(model, self.subset(name)[0], self.batch_size))
+        return self._logits[key][1]
+
+    def labels(self, name: str) -> torch.Tensor:
+        return self.subset(name)[1]
+
+    def forget_model(self, model: torch.nn.Module) -> None:
+        """Drop memoized outputs of `model` (call when it is done or about to change)."""
+        self._logits = {k: v for k, v in self._logits.items() if k[0] != id(model)}
+
+
+def _acc(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """Accuracy in percent."""
+    return float((logits.argmax(1) == y).float().mean().item() * 100.0) if len(y) else float("nan")
+
+
+def accuracies(model: torch.nn.Module, ctx: EvalContext) -> dict[str, float]:
+    """Accuracy (%) on D_F, D_R and the test set; for class forgetting also the test set split into
+    the forgotten class (`test_forget_acc`) and the remaining classes (`test_retain_acc`)."""
+    out = {f"{s}_acc": _acc(ctx.logits(model, s), ctx.labels(s)) for s in ("forget", "retain", "test")}
+    if ctx.split.kind == "class":
+        test_logits, test_y = ctx.logits(model, "test"), ctx.labels("test")
+        in_class = test_y == ctx.split.class_id
+        out["test_forget_acc"] = _acc(test_logits[in_class], test_y[in_class])
+        out["test_retain_acc"] = _acc(test_logits[~in_class], test_y[~in_class])
+    return out
+
+
+accuracies.metric_names = ("forget_acc", "retain_acc", "test_acc", "test_forget_acc",
+                           "test_retain_acc")
+
+
+def avg_gap(method: dict[str, float], oracle: dict[str, float], names) -> float:
+    """Mean over `names` of |method - oracle| (the AMUN paper's Avg. Gap, in the metrics' units)."""
+    return float(np.mean([abs(method[n] - oracle[n]) for n in names]))

@@ -1,0 +1,156 @@
+"""The stages of one run: data -> split -> original -> retrain oracle -> method -> evaluators.
+
+The original and the oracle come from the content-addressed cache, so a sweep of unlearning runs
+trains them once. Every evaluator runs on the unlearned model, the oracle and the original, in the
+same run, and Avg. Gap compares the first two.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from data import datasets
+from data.loader import Augment, Batches
+from data.splits import index_digest, make_split
+from methods.common import UnlearnData
+from runner.cache import Cache, load_model, save_model
+from runner.config import ConfigError, build_model, instantiate_partial
+from runner.evaluate import EvalContext, avg_gap
+from runner.train import fit, make_scheduler, sgd
+
+log = logging.getLogger("runner")
+
+
+@dataclass
+class RunState:
+    """What the run has done so far; becomes metrics.json."""
+
+    stage_seconds: dict = field(default_factory=dict)
+    cache_keys: dict = field(default_factory=dict)
+    cache_hits: dict = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str):
+        start = time.perf_counter()
+        log.info("stage %s ...", name)
+        yield
+        self.stage_seconds[name] = round(time.perf_counter() - start, 3)
+        log.info("stage %s done in %.1f s", name, self.stage_seconds[name])
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but no CUDA device is available")
+    return device
+
+
+def load_dataset(cfg: DictConfig) -> datasets.Dataset:
+    """Load the dataset and check it against what its config promised."""
+    d = cfg.dataset
+    ds = datasets.load(d.name, root=d.root, source=d.source, download=d.download,
+                       cache_dir=cfg.paths.cache_dir, **OmegaConf.to_container(d.options))
+    expected = (d.channels, d.image_size, d.image_size)
+    if ds.shape != expected or ds.num_classes != d.num_classes:
+        raise ConfigError(f"dataset {d.name} has images {ds.shape} and {ds.num_classes} classes; "
+                          f"the config says {expected} and {d.num_classes}")
+    return ds
+
+
+def train_or_load(cfg: DictConfig, cache: Cache, kind: str, ds: datasets.Dataset,
+                  train_idx: np.ndarray, device: torch.device, state: RunState) -> torch.nn.Module:
+    """A model trained from scratch on `train_idx` with the run's recipe, via the cache."""
+    spec = {
+        "dataset": {"name": ds.name, "fingerprint": ds.fingerprint,
+                    "augment": OmegaConf.to_container(cfg.dataset.augment)},
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "normalization": [list(cfg.dataset.mean), list(cfg.dataset.std)],
+        "train": OmegaConf.to_container(cfg.train, resolve=True),
+        "seed": cfg.seed,
+        "train_idx_sha256": index_digest(train_idx),
+        "n_train": int(len(train_idx)),
+    }
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, cfg.dataset).to(device)
+
+    def write(directory: Path) -> None:
+        recipe = cfg.train
+        idx = torch.as_tensor(train_idx, device=device)
+        batches = Batches(ds.train_x[idx], ds.train_y[idx], batch_size=recipe.batch_size,
+                          shuffle=True, seed=cfg.seed, augment=Augment(**cfg.dataset.augment),
+                          channels_last=recipe.channels_last)
+        opt = sgd(model, lr=recipe.lr, momentum=recipe.momentum,
+                  weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
+        sched = make_scheduler(opt, epochs=recipe.epochs, **recipe.schedule)
+        fit(model, batches, epochs=recipe.epochs, optimizer=opt, scheduler=sched,
+            precision=recipe.precision, desc=kind)
+        save_model(directory, model)
+
+    path, key, hit = cache.get_or_build(kind, spec, write)
+    state.cache_keys[kind], state.cache_hits[kind] = key, hit
+    return load_model(path, model) if hit else model.eval()
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict:
+    """Run every stage and return the result that metrics.json and the logger record."""
+    state = RunState()
+    device = resolve_device(cfg.device)
+    cache = Cache(cfg.paths.cache_dir)
+    with state.stage("data"):
+        ds = load_dataset(cfg)
+        split = make_split(cfg.forget, ds.train_y.numpy(), ds.num_classes)
+        np.save(run_dir / "forget_idx.npy", split.forget_idx)
+        ds = datasets.Dataset(ds.name, ds.train_x.to(device), ds.train_y.to(device),
+                              ds.test_x.to(device), ds.test_y.to(device), ds.classes, ds.fingerprint)
+    with state.stage("original"):
+        original = train_or_load(cfg, cache, "original", ds, np.arange(len(ds.train_y)), device, state)
+    with state.stage("retrain"):
+        oracle = train_or_load(cfg, cache, "retrain", ds, split.retain_idx, device, state)
+
+    use_retain = bool(cfg.method.get("use_retain", True))
+    forget_idx = torch.as_tensor(split.forget_idx, device=device)
+    retain_idx = torch.as_tensor(split.retain_idx, device=device)
+    data = UnlearnData(
+        forget_x=ds.train_x[forget_idx], forget_y=ds.train_y[forget_idx],
+        retain_x=ds.train_x[retain_idx] if use_retain else None,
+        retain_y=ds.train_y[retain_idx] if use_retain else None,
+        num_classes=ds.num_classes, augment=Augment(**cfg.dataset.augment), seed=cfg.seed,
+        precision=cfg.train.precision, channels_last=cfg.train.channels_last,
+        train_from_scratch=lambda: copy.deepcopy(oracle))
+    unlearn = instantiate_partial(cfg.method, "method", n_positional=2)
+    with state.stage("unlearn"):
+        torch.manual_seed(cfg.seed)
+        unlearned = unlearn(copy.deepcopy(original), data).eval()
+
+    evaluators = {name: instantiate_partial(node, f"eval.evaluators.{name}", n_positional=2)
+                  for name, node in cfg.eval.evaluators.items()}
+    ctx = EvalContext(ds.train_x, ds.train_y, ds.test_x, ds.test_y, split, ds.num_classes,
+                      batch_size=cfg.eval_batch_size)
+    metrics = {}
+    with state.stage("evaluate"):
+        for role, model in (("unlearned", unlearned), ("retrain", oracle), ("original", original)):
+            metrics[role] = {}
+            for evaluate in evaluators.values():
+                metrics[role].update(evaluate(model, ctx))
+            ctx.forget_model(model)
+    gap = avg_gap(metrics["unlearned"], metrics["retrain"], cfg.eval.gap_metrics)
+    return {
+        "method": cfg.method.name, "use_retain": use_retain, "dataset": cfg.dataset.name,
+        "seed": cfg.seed, "forget": OmegaConf.to_container(cfg.forget),
+        "n_forget": int(len(split.forget_idx)), "n_retain": int(len(split.retain_idx)),
+        "forget_idx_sha256": split.digest("forget"),
+        "metrics": metrics, "avg_gap": gap, "gap_metrics": list(cfg.eval.gap_metrics),
+        "cache_keys": state.cache_keys, "cache_hits": state.cache_hits,
+        "stage_seconds": state.stage_seconds, "device": str(device),
+    }

@@ -1,0 +1,108 @@
+"""`python -m runner.report DIR`: one table from every metrics.json under DIR (a sweep dir).
+
+Rows are methods (per dataset and forget spec); cells are the unlearned model's metrics as
+mean ± sample std (ddof=1) over the runs that differ only in seeds (`seed`, `forget.seed`).
+Failed runs are counted in the `runs` column (ok/total), never silently dropped. Writes
+DIR/table.md and DIR/table.csv and prints the markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from runner.results import METRICS_FILE
+
+COLUMNS = ("forget_acc", "retain_acc", "test_acc", "mia_efficacy", "avg_gap")
+METHOD_ORDER = ("retrain", "ft", "rl", "ga")
+
+
+def load_results(root: Path) -> list[dict]:
+    results = []
+    for path in sorted(root.rglob(METRICS_FILE)):
+        try:
+            results.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as err:
+            results.append({"status": "failed", "error": f"unreadable {path}: {err}"})
+    return results
+
+
+def _row_key(r: dict) -> tuple[str, str, str]:
+    cfg = r.get("config", {})
+    forget = cfg.get("forget", {})
+    if forget.get("kind") == "class":
+        spec = f"class {forget.get('class_id')}"
+    else:
+        spec = (f"{forget['fraction'] * 100:g}%" if forget.get("fraction") is not None
+                else f"n={forget.get('count')}")
+    method = cfg.get("method", {}).get("name", "?")
+    if cfg.get("method", {}).get("use_retain") is False:
+        method += " (no D_R)"
+    return cfg.get("dataset", {}).get("name", "?"), spec, method
+
+
+def _value(r: dict, column: str) -> float:
+    return r["avg_gap"] if column == "avg_gap" else r["metrics"]["unlearned"][column]
+
+
+def _cell(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
+
+
+def _sort_key(key: tuple[str, str, str]):
+    base = key[2].split(" ")[0]
+    rank = METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER)
+    return key[0], key[1], rank, key[2]
+
+
+def make_table(results: list[dict], columns=COLUMNS) -> list[list[str]]:
+    """Header row then one row per (dataset, forget spec, method)."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in results:
+        groups[_row_key(r)].append(r)
+    rows = [["dataset", "forget", "method", *columns, "runs"]]
+    for key in sorted(groups, key=_sort_key):
+        ok = [r for r in groups[key] if r.get("status") == "ok"]
+        cells = [_cell([_value(r, c) for r in ok]) for c in columns]
+        rows.append([*key, *cells, f"{len(ok)}/{len(groups[key])}"])
+    return rows
+
+
+def to_markdown(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("--out", type=Path, default=None, help="where table.md/csv go (default: sweep_dir)")
+    args = parser.parse_args(argv)
+    results = load_results(args.sweep_dir)
+    if not results:
+        print(f"no {METRICS_FILE} under {args.sweep_dir}", file=sys.stderr)
+        return 1
+    rows = make_table(results)
+    out = args.out or args.sweep_dir
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(to_markdown(rows))
+    with open(out / "table.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    print(to_markdown(rows), end="")
+    print(f"\n({len(results)} runs; written to {out / 'table.md'} and {out / 'table.csv'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Where a run's results go: `metrics.json` in the run dir (written atomically, also for a failed
+run) and one W&B run per job, always finished so multirun jobs never bleed into each other."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("runner")
+METRICS_FILE = "metrics.json"
+ROLES = ("unlearned", "retrain", "original")
+
+
+def git_commit() -> str:
+    """HEAD of the code's repository, with '-dirty' when the working tree has changes."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return head + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write_metrics(run_dir: Path, result: dict) -> Path:
+    path = run_dir / METRICS_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+def summary_rows(result: dict) -> tuple[list[str], list[list]]:
+    """One row per model role (unlearned, retrain, original), one column per metric."""
+    names = sorted({k for role in ROLES for k in result["metrics"].get(role, {})})
+    rows = [[role] + [result["metrics"][role].get(n) for n in names]
+            for role in ROLES if role in result["metrics"]]
+    return ["model"] + names, rows
+
+
+class Logger:
+    """W&B when `logger.kind=wandb`, nothing otherwise (metrics.json is always written)."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, name: str, group: str | None):
+        self.run = None
+        if cfg.logger.kind != "wandb":
+            return
+        import wandb
+
+        self.wandb = wandb
+        self.run = wandb.init(
+            project=cfg.logger.project, entity=cfg.logger.entity, mode=cfg.logger.mode,
+            dir=str(run_dir), name=name, group=cfg.logger.group or group,
+            tags=list(cfg.logger.tags), config=OmegaConf.to_container(cfg, resolve=True),
+            reinit="finish_previous", settings=wandb.Settings(silent=True, console="off"))
+
+    def log_result(self, result: dict) -> None:
+        if self.run is None:
+            return
+        flat = {f"{role}/{k}": v for role in ROLES for k, v in result["metrics"].get(role, {}).items()}
+        flat["avg_gap"] = result["avg_gap"]
+        flat.update({f"time/{k}": v for k, v in result["stage_seconds"].items()})
+        self.run.log(flat)
+        self.run.summary.update(flat)
+        columns, rows = summary_rows(result)
+        self.run.log({"summary_table": self.wandb.Table(columns=columns, data=rows)})
+
+    def finish(self, exit_code: int = 0) -> None:
+        if self.run is not None:
+            self.run.finish(exit_code=exit_code)
+            self.run = None

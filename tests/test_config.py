@@ -1,0 +1,92 @@
+"""Every option of every config group composes and validates; bad configs fail before any data."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+from runner.config import ConfigError, build_model, validate
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+REPO = CONF.parent
+
+
+def _options(group):
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", ["dataset", "model", "train", "forget", "method", "eval",
+                                   "logger", "paths", "experiment"])
+def test_every_option_composes_and_validates(make_cfg, group):
+    assert _options(group), f"conf/{group} is empty"
+    for option in _options(group):
+        extra = ["forget.class_id=1"] if (group, option) == ("forget", "class") else []
+        cfg = make_cfg(f"{group}={option}", *extra)
+        validate(cfg)
+
+
+@pytest.mark.parametrize("dataset", _options("dataset"))
+def test_default_model_and_recipe_of_every_dataset_build(make_cfg, dataset):
+    cfg = make_cfg(f"dataset={dataset}")
+    validate(cfg)
+    model = build_model(cfg.model, cfg.dataset)
+    assert model.num_classes == cfg.dataset.num_classes
+
+
+def test_paper_defaults_for_cifar10(make_cfg):
+    cfg = make_cfg("dataset=cifar10")
+    assert cfg.model._target_ == "models.resnet.ResNet18" and cfg.model.halve_downsample
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.lr) == (200, 128, 0.1)
+    assert cfg.train.schedule.step_size == 40 and cfg.train.weight_decay == 5e-4
+    assert make_cfg("dataset=cifar10", "model=vgg19_bn").model._target_ == "models.vgg.VGG19BN"
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["forget.fraction=1.5"], r"forget.fraction must lie in \(0, 1\), got 1.5"),
+    (["forget=class", "forget.class_id=42"], r"class_id must lie in \[0, 9\].*got 42"),
+    (["method.lr=abc"], "method.lr must be float"),
+    (["train.epochs=ten"], "could not be converted to Integer"),
+    (["method.epochs=2.5"], "method.epochs must be int"),
+    (["dataset.mean=[0.1,0.2]"], "one per channel"),
+    (["train.precision=fp8"], "fp32 or bf16"),
+    (["forget.fraction=null"], "exactly one of fraction and count"),
+])
+def test_bad_values_fail_validation(make_cfg, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(make_cfg(*overrides))
+
+
+def test_unknown_method_and_misspelled_keys_fail_at_compose(make_cfg):
+    with pytest.raises(MissingConfigException, match="Could not find 'method/amunn'"):
+        make_cfg("method=amunn")
+    with pytest.raises(ConfigCompositionException, match="lrr"):
+        make_cfg("method.lrr=0.1")
+    with pytest.raises(ConfigCompositionException, match="use_retain"):
+        make_cfg("method=ft", "method.use_retain=false")  # FT always trains on D_R
+
+
+def test_a_method_yaml_with_a_typo_fails_signature_check(make_cfg):
+    cfg = make_cfg("method=ga")
+    cfg.method._set_flag("struct", False)
+    cfg.method.epoch = cfg.method.pop("epochs")
+    with pytest.raises(ConfigError, match=r"unknown keys \['epoch'\], missing keys \['epochs'\]"):
+        validate(cfg)
+
+
+def test_cli_cfg_job_prints_the_composed_config():
+    out = subprocess.run([sys.executable, "-m", "runner", "--cfg", "job", "method=rl",
+                          "forget.fraction=0.5"], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout
+    assert "_target_: methods.rl.unlearn" in out and "fraction: 0.5" in out
+
+
+def test_cli_rejects_bad_config_before_loading_data(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "runner", "forget.fraction=1.5", "logger=none",
+                           f"paths.cache_dir={tmp_path}/cache", f"hydra.run.dir={tmp_path}/run"],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "forget.fraction must lie in (0, 1), got 1.5" in proc.stderr
+    assert not (tmp_path / "cache").exists()  # nothing was loaded, decoded or trained

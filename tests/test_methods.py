@@ -1,0 +1,72 @@
+"""Every method runs on a tiny dataset, with and without the retain set where it has both."""
+
+import copy
+
+import pytest
+import torch
+
+from data.loader import Augment
+from methods import ft, ga, retrain, rl
+from methods.common import UnlearnData
+from runner.evaluate import predict
+
+HP = dict(epochs=2, lr=0.05, momentum=0.9, weight_decay=5e-4, batch_size=16, decay_every=1,
+          decay_gamma=0.5)
+
+
+def _data(use_retain=True, oracle=None):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (96, 1, 6, 6), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 3, (96,), generator=g)
+    return UnlearnData(forget_x=x[:24], forget_y=y[:24],
+                       retain_x=x[24:] if use_retain else None,
+                       retain_y=y[24:] if use_retain else None, num_classes=3,
+                       augment=Augment(crop_pad=1, flip=False), seed=1,
+                       train_from_scratch=lambda: copy.deepcopy(oracle))
+
+
+def _model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 3))
+
+
+def _changed(a, b):
+    return any(not torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+@pytest.mark.parametrize("method,kwargs", [(ft, {}), (rl, {"use_retain": True}),
+                                           (rl, {"use_retain": False}), (ga, {"use_retain": True}),
+                                           (ga, {"use_retain": False})])
+def test_method_changes_the_model_and_keeps_its_shape(method, kwargs):
+    data = _data(use_retain=kwargs.get("use_retain", True))
+    original = _model()
+    out = method.unlearn(copy.deepcopy(original), data, **HP, **kwargs)
+    assert _changed(out, original)
+    assert predict(out, data.forget_x, 32).shape == (24, 3)
+    assert not out.training
+
+
+def test_ga_raises_forget_loss():
+    data = _data(use_retain=False)
+    model = _model()
+    loss = lambda m: torch.nn.functional.cross_entropy(predict(m, data.forget_x, 64), data.forget_y)
+    before = loss(model)
+    after = loss(ga.unlearn(copy.deepcopy(model), data, use_retain=False, **HP))
+    assert after > before
+
+
+def test_methods_that_need_the_retain_set_say_so():
+    data = _data(use_retain=False)
+    with pytest.raises(ValueError, match="ft needs the retain set"):
+        ft.unlearn(_model(), data, **HP)
+    with pytest.raises(ValueError, match="retrain needs the retain set"):
+        retrain.unlearn(_model(), data)
+    with pytest.raises(ValueError, match="rl with use_retain needs the retain set"):
+        rl.unlearn(_model(), data, use_retain=True, **HP)
+
+
+def test_retrain_returns_the_oracle():
+    oracle = _model()
+    torch.nn.init.zeros_(oracle[1].weight)
+    out = retrain.unlearn(_model(), _data(oracle=oracle))
+    assert torch.equal(out[1].weight, oracle[1].weight) and out is not oracle
