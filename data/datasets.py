@@ -32,9 +32,8 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from . import readers
+from . import builtin, images, readers
 from .readers import Arrays, DatasetError
 
 __all__ = ["Dataset", "DatasetError", "READER_VERSION", "SOURCES_BY_NAME", "fingerprint_of", "load"]
@@ -86,6 +85,12 @@ class Dataset:
         """Image shape (C, H, W)."""
         c, h, w = self.train_x.shape[1:]
         return int(c), int(h), int(w)
+
+    def to(self, device: torch.device | str) -> "Dataset":
+        """The same data on `device` (same fingerprint)."""
+        return Dataset(self.name, self.train_x.to(device), self.train_y.to(device),
+                       self.test_x.to(device), self.test_y.to(device), self.classes,
+                       self.fingerprint)
 
     def __repr__(self) -> str:
         return (f"Dataset({self.name!r}, train={len(self.train_y)}, test={len(self.test_y)}, "
@@ -300,27 +305,27 @@ def _cifar_pickle(req: Request) -> Plan:
 
 def _read_cifar_archive(req: Request, classes: tuple[str, ...]) -> Arrays:
     def read(folder: Path) -> Arrays:
-        listing = readers.list_image_splits(readers.find_split_root(folder), classes)
-        return readers.decode_splits(listing, classes, "RGB", (32, 32))
+        listing = images.list_image_splits(images.find_split_root(folder), classes)
+        return images.decode_splits(listing, classes, "RGB", (32, 32))
 
     if req.cache_dir is not None:
-        return read(readers.extract_once(req.root, req.cache_dir / "extracted"))
+        return read(images.extract_once(req.root, req.cache_dir / "extracted"))
     log.info("no cache_dir: extracting %s into a temporary folder for this load only", req.root)
     with tempfile.TemporaryDirectory() as tmp:
-        return read(readers.extract_once(req.root, Path(tmp)))
+        return read(images.extract_once(req.root, Path(tmp)))
 
 
 def _cifar_imagefolder(req: Request) -> Plan:
     root, classes = req.root, _cifar_layout(req.name).classes
-    if root.is_file() and readers.archive_stem(root) is not None:
+    if root.is_file() and images.archive_stem(root) is not None:
         return Plan((root,), lambda: _read_cifar_archive(req, classes))
     if root.is_dir():
-        listing = readers.list_image_splits(readers.find_split_root(root), classes)
+        listing = images.list_image_splits(images.find_split_root(root), classes)
         files = tuple(p for paths, _ in listing.values() for p in paths)
-        return Plan(files, lambda: readers.decode_splits(listing, classes, "RGB", (32, 32)))
+        return Plan(files, lambda: images.decode_splits(listing, classes, "RGB", (32, 32)))
     raise DatasetError(
         f"{root} is neither a folder with train/<class>/*.jpg and test/<class>/*.jpg nor a "
-        f"{'/'.join(readers.ARCHIVE_SUFFIXES)} archive of one. source=imagefolder has no "
+        f"{'/'.join(images.ARCHIVE_SUFFIXES)} archive of one. source=imagefolder has no "
         "download; for the official data set dataset.source=pickle dataset.download=true.")
 
 
@@ -377,63 +382,10 @@ def _tinyimagenet(req: Request) -> Plan:
             "expected the tiny-imagenet-200 layout (wnids.txt, train/<wnid>/images/*.JPEG, "
             "val/images/*.JPEG, val/val_annotations.txt). Set dataset.download=true to download "
             f"{TINYIMAGENET_URL} into {req.root}.")
-    classes, train_paths, train_labels, val_paths, val_labels = readers.tinyimagenet_listing(base)
+    classes, train_paths, train_labels, val_paths, val_labels = images.tinyimagenet_listing(base)
     listing = {"train": (train_paths, train_labels), "test": (val_paths, val_labels)}
     files = (base / "wnids.txt", base / "val" / "val_annotations.txt", *train_paths, *val_paths)
-    return Plan(files, lambda: readers.decode_splits(listing, classes, "RGB", (64, 64)))
-
-
-# ----------------------------------------------------------------------------- in-memory data
-
-def read_digits() -> Arrays:
-    """scikit-learn's bundled 8x8 digits (values 0..16, scaled to 0..255) with a fixed
-    stratified 80/20 split: 1437 train, 360 test images of shape (1, 8, 8)."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    bunch = load_digits()
-    x = np.rint(bunch.images * (255 / 16)).astype(np.uint8)[:, None]
-    y = bunch.target.astype(np.int64)
-    train, test = train_test_split(np.arange(len(y)), test_size=0.2, random_state=0, stratify=y)
-    return Arrays(x[train], y[train], x[test], y[test], tuple(str(i) for i in range(10)))
-
-
-# Signal and noise levels of the synthetic images, in pixel units. Tuned so that a small CNN
-# reaches roughly 60-90% test accuracy on the defaults (4 classes, 512 images) in 5-15 epochs:
-# well above chance but never trivially 100%, and with a train/test gap when it overfits.
-SYNTHETIC_AMPLITUDE = 10.0
-SYNTHETIC_NOISE = 60.0
-SYNTHETIC_BRIGHTNESS_JITTER = 20.0
-
-
-def make_synthetic(num_train: int, num_test: int, num_classes: int, channels: int,
-                   image_size: int, seed: int) -> Arrays:
-    """Class-conditional noise images, deterministic in ``seed``.
-
-    Each class has a fixed template: a smooth random pattern (a 4x4 grid upsampled, so that
-    convolutions can pick it up) plus a class colour (so that globally pooled features can
-    too). A sample is mid-grey + amplitude * its class template + per-sample brightness
-    shift + heavy per-pixel Gaussian noise, rounded and clipped to uint8. Labels are balanced.
-    Train and test come from independent streams, so num_train does not change the test set.
-    """
-    template_rng, train_rng, test_rng = (np.random.default_rng(s)
-                                         for s in np.random.SeedSequence(seed).spawn(3))
-    grid = template_rng.standard_normal((num_classes, channels, 4, 4)).astype(np.float32)
-    pattern = F.interpolate(torch.from_numpy(grid), size=(image_size, image_size),
-                            mode="bilinear", align_corners=False).numpy()
-    pattern /= pattern.std(axis=(1, 2, 3), keepdims=True)
-    colour = template_rng.standard_normal((num_classes, channels, 1, 1)).astype(np.float32)
-    templates = SYNTHETIC_AMPLITUDE * (pattern + colour) / np.sqrt(2.0)
-
-    def split(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-        y = rng.permutation(np.arange(n) % num_classes)
-        x = (128.0 + templates[y]
-             + SYNTHETIC_BRIGHTNESS_JITTER * rng.standard_normal((n, 1, 1, 1))
-             + SYNTHETIC_NOISE * rng.standard_normal((n, channels, image_size, image_size)))
-        return np.clip(np.rint(x), 0, 255).astype(np.uint8), y.astype(np.int64)
-
-    return Arrays(*split(train_rng, num_train), *split(test_rng, num_test),
-                  tuple(f"class{i}" for i in range(num_classes)))
+    return Plan(files, lambda: images.decode_splits(listing, classes, "RGB", (64, 64)))
 
 
 SOURCES_BY_NAME: dict[str, Spec] = {
@@ -442,9 +394,10 @@ SOURCES_BY_NAME: dict[str, Spec] = {
     "mnist": Spec({"idx": _idx}),
     "fashion_mnist": Spec({"idx": _idx}),
     "tinyimagenet": Spec({"tinyimagenet": _tinyimagenet}),
-    "digits": Spec({"sklearn": lambda req: Plan((), read_digits)}, uses_root=False),
-    "synthetic": Spec({"generated": lambda req: Plan((), lambda: make_synthetic(**req.options))},
-                      uses_root=False, options={
-        "num_train": (512, 1), "num_test": (256, 1), "num_classes": (4, 2), "channels": (3, 1),
-        "image_size": (16, 4), "seed": (0, 0)}),
+    "digits": Spec({"sklearn": lambda req: Plan((), builtin.read_digits)}, uses_root=False),
+    "synthetic": Spec(
+        {"generated": lambda req: Plan((), lambda: builtin.make_synthetic(**req.options))},
+        uses_root=False, options={"num_train": (512, 1), "num_test": (256, 1),
+                                  "num_classes": (4, 2), "channels": (3, 1),
+                                  "image_size": (16, 4), "seed": (0, 0)}),
 }

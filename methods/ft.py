@@ -16,3 +16,6 @@ def unlearn(model: torch.nn.Module, data: UnlearnData, *, epochs: int, lr: float
     return finetune(model, data.stream(x, y, batch_size), epochs=epochs, lr=lr, momentum=momentum,
                     weight_decay=weight_decay, decay_every=decay_every, decay_gamma=decay_gamma,
                     precision=data.precision, desc="ft")
+
+
+unlearn.needs_retain = True

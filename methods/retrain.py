@@ -14,3 +14,6 @@ from methods.common import UnlearnData
 def unlearn(model: torch.nn.Module, data: UnlearnData) -> torch.nn.Module:
     data.retain("retrain")  # an oracle without D_R is no oracle: fail clearly
     return data.train_from_scratch()
+
+
+unlearn.needs_retain = True

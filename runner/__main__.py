@@ -24,6 +24,9 @@ def execute(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
     name = f"{cfg.method.name}-{cfg.dataset.name}-seed{cfg.seed}"
     base = {"config": OmegaConf.to_container(cfg, resolve=True), "git_commit": git_commit(),
             "run_dir": str(run_dir), "name": name}
+    # Replaces any earlier result in this dir at once: a run killed from here on leaves
+    # "running", never a stale "ok" that a report would count.
+    write_metrics(run_dir, {**base, "status": "running"})
     logger = Logger(cfg, run_dir, name, group)
     start = time.perf_counter()
     try:

@@ -17,8 +17,9 @@ from typing import Any, Callable, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-# Keys of a partial's node that are not keyword arguments of its target.
-RESERVED = {"_target_", "_partial_", "name"}
+# Keys of a partial's node that are not keyword arguments of its target. A method's `use_retain`
+# tells the runner whether to hand it the retain set at all.
+RESERVED = {"_target_", "_partial_", "name", "use_retain"}
 
 
 class ConfigError(ValueError):
@@ -153,7 +154,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"forget.kind must be 'random' or 'class', got {forget.kind!r}")
     if cfg.train.precision not in ("fp32", "bf16"):
         raise ConfigError(f"train.precision must be fp32 or bf16, got {cfg.train.precision!r}")
-    check_partial(cfg.method, "method", n_positional=2)
+    method = check_partial(cfg.method, "method", n_positional=2)
+    if not isinstance(cfg.method.get("use_retain"), bool):
+        raise ConfigError("method.use_retain must be true or false")
+    if getattr(method, "needs_retain", False) and not cfg.method.use_retain:
+        raise ConfigError(f"method {cfg.method.name} needs the retain set; use_retain=false "
+                          "is not possible for it")
     for name, node in cfg.eval.evaluators.items():
         check_partial(node, f"eval.evaluators.{name}", n_positional=2)
     unknown_gap = set(cfg.eval.gap_metrics) - _metric_names(cfg)

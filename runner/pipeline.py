@@ -111,14 +111,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         ds = load_dataset(cfg)
         split = make_split(cfg.forget, ds.train_y.numpy(), ds.num_classes)
         np.save(run_dir / "forget_idx.npy", split.forget_idx)
-        ds = datasets.Dataset(ds.name, ds.train_x.to(device), ds.train_y.to(device),
-                              ds.test_x.to(device), ds.test_y.to(device), ds.classes, ds.fingerprint)
+        ds = ds.to(device)
     with state.stage("original"):
         original = train_or_load(cfg, cache, "original", ds, np.arange(len(ds.train_y)), device, state)
     with state.stage("retrain"):
         oracle = train_or_load(cfg, cache, "retrain", ds, split.retain_idx, device, state)
 
-    use_retain = bool(cfg.method.get("use_retain", True))
+    use_retain = cfg.method.use_retain
     forget_idx = torch.as_tensor(split.forget_idx, device=device)
     retain_idx = torch.as_tensor(split.retain_idx, device=device)
     data = UnlearnData(

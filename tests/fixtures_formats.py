@@ -8,6 +8,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer",
@@ -161,3 +162,23 @@ def write_tinyimagenet(base: Path, wnids: list[str], per_class: int = 2,
     save_image(base / "test" / "images" / "test_0.JPEG",
                rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), fmt="JPEG")
     return expected
+
+
+def cache_files(cache: Path) -> list[Path]:
+    """The decoded-dataset cache files under a cache dir."""
+    return sorted((cache / "datasets").glob("*.npz"))
+
+
+def forbid(monkeypatch, module, *names: str) -> None:
+    """Make the named functions of `module` raise, to prove a load does not decode."""
+    def boom(*args, **kwargs):
+        raise AssertionError("the source was read although the cache should have been used")
+    for name in names:
+        monkeypatch.setattr(module, name, boom)
+
+
+def assert_same(a, b) -> None:
+    """Two loads gave the same dataset, tensor for tensor."""
+    assert a.fingerprint == b.fingerprint and a.classes == b.classes
+    for field in ("train_x", "train_y", "test_x", "test_y"):
+        assert torch.equal(getattr(a, field), getattr(b, field))

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from runner.config import ConfigError, build_model, validate
 
@@ -53,6 +52,8 @@ def test_paper_defaults_for_cifar10(make_cfg):
     (["dataset.mean=[0.1,0.2]"], "one per channel"),
     (["train.precision=fp8"], "fp32 or bf16"),
     (["forget.fraction=null"], "exactly one of fraction and count"),
+    (["method=ft", "method.use_retain=false"], "ft needs the retain set"),
+    (["method=retrain", "method.use_retain=false"], "retrain needs the retain set"),
 ])
 def test_bad_values_fail_validation(make_cfg, overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -64,8 +65,6 @@ def test_unknown_method_and_misspelled_keys_fail_at_compose(make_cfg):
         make_cfg("method=amunn")
     with pytest.raises(ConfigCompositionException, match="lrr"):
         make_cfg("method.lrr=0.1")
-    with pytest.raises(ConfigCompositionException, match="use_retain"):
-        make_cfg("method=ft", "method.use_retain=false")  # FT always trains on D_R
 
 
 def test_a_method_yaml_with_a_typo_fails_signature_check(make_cfg):
@@ -90,3 +89,9 @@ def test_cli_rejects_bad_config_before_loading_data(tmp_path):
     assert proc.returncode != 0
     assert "forget.fraction must lie in (0, 1), got 1.5" in proc.stderr
     assert not (tmp_path / "cache").exists()  # nothing was loaded, decoded or trained
+
+
+def test_tuned_values_apply_to_their_dataset_only(make_cfg):
+    assert make_cfg("method=ga").method.lr == 0.01            # conf/method_dataset/ga_digits.yaml
+    assert make_cfg("method=ga", "dataset=synthetic").method.lr == 1e-4   # conf/method/ga.yaml
+    assert make_cfg("method=ga", "method.lr=0.5").method.lr == 0.5        # the command line wins

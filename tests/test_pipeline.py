@@ -109,6 +109,20 @@ def test_wandb_offline_run_is_written_and_finished(make_cfg, tmp_path, shared_ca
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
 
 
+def test_a_rerun_into_the_same_dir_never_leaves_the_old_result(make_cfg, tmp_path, shared_cache,
+                                                               monkeypatch):
+    _run(make_cfg, tmp_path, shared_cache, "a", "method=ft")
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("runner.pipeline.avg_gap", crash)  # fails after every stage ran
+    with pytest.raises(RuntimeError, match="boom"):
+        _run(make_cfg, tmp_path, shared_cache, "a", "method=ft")
+    saved = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert saved["status"] == "failed"
+
+
 def test_missing_dataset_files_fail_before_training(make_cfg, tmp_path):
     from data.datasets import DatasetError
     cfg = make_cfg(*FAST, "dataset=cifar10", "model=small_cnn", "train=tiny")
