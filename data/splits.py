@@ -37,15 +37,34 @@ def index_digest(idx: np.ndarray) -> str:
     return hashlib.sha256(np.sort(np.asarray(idx)).astype(np.int64).tobytes()).hexdigest()
 
 
-def random_forget(n_train: int, *, seed: int, fraction: float | None = None,
-                  count: int | None = None) -> Split:
-    """Forget `count` (or `round(fraction * n_train)`) samples drawn as the papers' code draws them."""
+def check_spec(spec, num_classes: int) -> None:
+    """The checks a forget spec allows before any data is loaded (SplitError if it fails)."""
+    kind = spec.get("kind")
+    if kind == "random":
+        _check_size(spec.get("fraction"), spec.get("count"))
+    elif kind == "class":
+        class_id = spec.get("class_id")
+        if class_id is None or not 0 <= class_id < num_classes:
+            raise SplitError(f"forget.class_id must lie in [0, {num_classes - 1}], got {class_id}")
+    else:
+        raise SplitError(f"unknown forget.kind {kind!r}; choose 'random' or 'class'")
+
+
+def _check_size(fraction: float | None, count: int | None) -> None:
     if (fraction is None) == (count is None):
         raise SplitError("give exactly one of forget.fraction and forget.count "
                          f"(got fraction={fraction}, count={count})")
+    if fraction is not None and not 0.0 < fraction < 1.0:
+        raise SplitError(f"forget.fraction must lie in (0, 1), got {fraction}")
+    if count is not None and count < 1:
+        raise SplitError(f"forget.count must be positive, got {count}")
+
+
+def random_forget(n_train: int, *, seed: int, fraction: float | None = None,
+                  count: int | None = None) -> Split:
+    """Forget `count` (or `round(fraction * n_train)`) samples drawn as the papers' code draws them."""
+    _check_size(fraction, count)
     if count is None:
-        if not 0.0 < fraction < 1.0:
-            raise SplitError(f"forget.fraction must lie in (0, 1), got {fraction}")
         count = int(round(fraction * n_train))
     if not 0 < count < n_train:
         raise SplitError(f"forget.count must lie in [1, {n_train - 1}] for a training set of "
@@ -58,8 +77,7 @@ def random_forget(n_train: int, *, seed: int, fraction: float | None = None,
 
 def class_forget(train_y: np.ndarray, class_id: int, num_classes: int) -> Split:
     """Forget every training sample of `class_id`."""
-    if not 0 <= class_id < num_classes:
-        raise SplitError(f"forget.class_id must lie in [0, {num_classes - 1}], got {class_id}")
+    check_spec({"kind": "class", "class_id": class_id}, num_classes)
     train_y = np.asarray(train_y)
     forget = np.flatnonzero(train_y == class_id).astype(np.int64)
     if len(forget) == 0:
@@ -69,12 +87,11 @@ def class_forget(train_y: np.ndarray, class_id: int, num_classes: int) -> Split:
 
 def make_split(spec, train_y: np.ndarray, num_classes: int) -> Split:
     """Build the split a `forget` config describes (kind random: fraction|count, seed; kind class: class_id)."""
+    check_spec(spec, num_classes)
     if spec.kind == "random":
         return random_forget(len(train_y), seed=spec.seed, fraction=spec.get("fraction"),
                              count=spec.get("count"))
-    if spec.kind == "class":
-        return class_forget(train_y, spec.class_id, num_classes)
-    raise SplitError(f"unknown forget.kind {spec.kind!r}; choose 'random' or 'class'")
+    return class_forget(train_y, spec.class_id, num_classes)
 
 
 def _complement(n: int, idx: np.ndarray) -> np.ndarray:

@@ -19,22 +19,24 @@ log = logging.getLogger("runner")
 
 def execute(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
     """Validate, run every stage, and record the outcome (metrics.json, W&B), failed or not."""
-    validate(cfg)  # before any data is loaded or any model trained
     run_dir.mkdir(parents=True, exist_ok=True)
-    name = f"{cfg.method.name}-{cfg.dataset.name}-seed{cfg.seed}"
-    base = {"config": OmegaConf.to_container(cfg, resolve=True), "git_commit": git_commit(),
-            "run_dir": str(run_dir), "name": name}
-    # Replaces any earlier result in this dir at once: a run killed from here on leaves
-    # "running", never a stale "ok" that a report would count.
+    name = f"{cfg.method.get('name', '?')}-{cfg.dataset.get('name', '?')}-seed{cfg.get('seed')}"
+    base = {"git_commit": git_commit(), "run_dir": str(run_dir), "name": name}
+    # Replaces any earlier result in this dir at once: a run that fails or is killed from here on
+    # leaves "failed" or "running", never a stale "ok" that a report would count.
     write_metrics(run_dir, {**base, "status": "running"})
-    logger = Logger(cfg, run_dir, name, group)
-    start = time.perf_counter()
+    logger, start = None, time.perf_counter()
     try:
+        base["config"] = OmegaConf.to_container(cfg, resolve=True)
+        validate(cfg)  # before any data is loaded or any model trained
+        base["config"] = OmegaConf.to_container(cfg, resolve=True)  # typed by validate
+        logger = Logger(cfg, run_dir, name, group)
         result = run(cfg, run_dir)
     except BaseException as err:
         write_metrics(run_dir, {**base, "status": "failed", "error": f"{type(err).__name__}: {err}",
                                 "wall_seconds": round(time.perf_counter() - start, 3)})
-        logger.finish(exit_code=1)
+        if logger is not None:
+            logger.finish(exit_code=1)
         raise
     result = {**base, **result, "status": "ok",
               "wall_seconds": round(time.perf_counter() - start, 3)}

@@ -10,6 +10,7 @@ key, the loser discards its copy and uses the winner's.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import logging
@@ -18,15 +19,31 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
 log = logging.getLogger("runner.cache")
 
-# Bump when a change to training code changes what an unchanged spec produces.
+# Bump to invalidate every artifact at once (e.g. after a fix outside the fingerprinted files).
 CODE_VERSION = 1
 MANIFEST = "manifest.json"
+
+
+def code_fingerprint(paths: Iterable[Path]) -> str:
+    """sha256 over the syntax trees of Python files, without docstrings: editing code that
+    determines a trained model changes cache keys; editing its comments or docstrings does not."""
+    h = hashlib.sha256()
+    for path in sorted(Path(p) for p in paths):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                    and isinstance(body[0].value, ast.Constant)
+                    and isinstance(body[0].value.value, str)):
+                node.body = body[1:] or [ast.Pass()]
+        h.update(path.name.encode() + ast.dump(tree).encode())
+    return h.hexdigest()[:20]
 
 
 def key_of(spec: Mapping[str, Any]) -> str:

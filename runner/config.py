@@ -14,8 +14,10 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
+
+from data.splits import SplitError, check_spec
 
 # Keys of a partial's node that are not keyword arguments of its target. A method's `use_retain`
 # tells the runner whether to hand it the retain set at all.
@@ -77,10 +79,13 @@ class ForgetSpec:
 
 
 def _check_schema(cfg: DictConfig, key: str, schema: type) -> None:
+    """Merge cfg[key] onto its schema (unknown keys and wrong types fail) and keep the typed result."""
     try:
-        OmegaConf.merge(OmegaConf.structured(schema), cfg[key])
+        typed = OmegaConf.merge(OmegaConf.structured(schema), cfg[key])
     except OmegaConfBaseException as err:
         raise ConfigError(f"config group '{key}': {err}".splitlines()[0] + "\n" + str(err)) from None
+    with open_dict(cfg):
+        cfg[key] = typed
 
 
 def _target(node: DictConfig, where: str) -> Callable:
@@ -131,30 +136,51 @@ def instantiate_partial(node: DictConfig, where: str, n_positional: int) -> func
     return functools.partial(fn, **kwargs)
 
 
+# Ranges of hyper-parameters that share a name across methods, evaluators and recipes:
+# (lowest, highest, lowest included). None values are left to the target's own handling.
+RANGES = {
+    "epochs": (0, None, True), "batch_size": (1, None, True), "lr": (0.0, None, False),
+    "momentum": (0.0, 1.0, True), "weight_decay": (0.0, None, True),
+    "decay_every": (1, None, True), "decay_gamma": (0.0, 1.0, False),
+    "num_members": (1, None, True), "C": (0.0, None, False),
+}
+LOGGER_MODES = ("offline", "online", "disabled")
+
+
+def _check_ranges(values: dict, where: str) -> None:
+    for key, value in values.items():
+        if key not in RANGES or value is None or isinstance(value, bool):
+            continue
+        low, high, closed = RANGES[key]
+        if (value < low if closed else value <= low) or (high is not None and value > high):
+            bound = f"{'>=' if closed else '>'} {low}" + (f" and <= {high}" if high else "")
+            raise ConfigError(f"{where}.{key} must be {bound}, got {value}")
+
+
 def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError on anything that would fail later; loads no data."""
-    _check_schema(cfg, "train", TrainRecipe)
-    _check_schema(cfg, "dataset", DatasetSpec)
-    _check_schema(cfg, "forget", ForgetSpec)
-    ds, forget = cfg.dataset, cfg.forget
+    """Raise ConfigError on anything that would fail later; loads no data. The data-describing
+    groups are replaced by their typed form (so `train.lr=1` is the float 1.0 everywhere)."""
+    for key, schema in (("train", TrainRecipe), ("dataset", DatasetSpec), ("forget", ForgetSpec)):
+        _check_schema(cfg, key, schema)
+    ds, forget, train = cfg.dataset, cfg.forget, cfg.train
     if len(ds.mean) != ds.channels or len(ds.std) != ds.channels:
         raise ConfigError(f"dataset.mean/std need {ds.channels} values (one per channel)")
-    if forget.kind == "random":
-        if (forget.get("fraction") is None) == (forget.get("count") is None):
-            raise ConfigError("forget: give exactly one of fraction and count")
-        if forget.get("fraction") is not None and not 0 < forget.fraction < 1:
-            raise ConfigError(f"forget.fraction must lie in (0, 1), got {forget.fraction}")
-        if forget.get("count") is not None and forget.count < 1:
-            raise ConfigError(f"forget.count must be positive, got {forget.count}")
-    elif forget.kind == "class":
-        if forget.get("class_id") is None or not 0 <= forget.class_id < ds.num_classes:
-            raise ConfigError(f"forget.class_id must lie in [0, {ds.num_classes - 1}] for "
-                              f"{ds.name}, got {forget.get('class_id')}")
-    else:
-        raise ConfigError(f"forget.kind must be 'random' or 'class', got {forget.kind!r}")
-    if cfg.train.precision not in ("fp32", "bf16"):
-        raise ConfigError(f"train.precision must be fp32 or bf16, got {cfg.train.precision!r}")
+    try:
+        check_spec(forget, ds.num_classes)
+    except SplitError as err:
+        raise ConfigError(f"{err} (dataset {ds.name})") from None
+    if train.precision not in ("fp32", "bf16"):
+        raise ConfigError(f"train.precision must be fp32 or bf16, got {train.precision!r}")
+    if train.schedule.name == "step" and (train.schedule.get("step_size") or 0) < 1:
+        raise ConfigError("train.schedule: the step schedule needs step_size >= 1 and gamma")
+    if train.schedule.name not in ("step", "cosine", "constant"):
+        raise ConfigError(f"train.schedule.name must be step, cosine or constant, got "
+                          f"{train.schedule.name!r}")
+    _check_ranges(dict(train), "train")
+    if cfg.eval_batch_size < 1:
+        raise ConfigError(f"eval_batch_size must be >= 1, got {cfg.eval_batch_size}")
     method = check_partial(cfg.method, "method", n_positional=2)
+    _check_ranges(dict(cfg.method), "method")
     if not isinstance(cfg.method.get("use_retain"), bool):
         raise ConfigError("method.use_retain must be true or false")
     if getattr(method, "needs_retain", False) and not cfg.method.use_retain:
@@ -162,11 +188,17 @@ def validate(cfg: DictConfig) -> None:
                           "is not possible for it")
     for name, node in cfg.eval.evaluators.items():
         check_partial(node, f"eval.evaluators.{name}", n_positional=2)
+        _check_ranges(dict(node), f"eval.evaluators.{name}")
     unknown_gap = set(cfg.eval.gap_metrics) - _metric_names(cfg)
     if unknown_gap:
-        raise ConfigError(f"eval.gap_metrics names {sorted(unknown_gap)}, which no evaluator reports")
+        raise ConfigError(f"eval.gap_metrics names {sorted(unknown_gap)}, which no evaluator "
+                          f"reports for forget={forget.kind}")
     if cfg.logger.kind not in ("wandb", "none"):
         raise ConfigError(f"logger.kind must be wandb or none, got {cfg.logger.kind!r}")
+    if cfg.logger.kind == "wandb" and cfg.logger.mode not in LOGGER_MODES:
+        raise ConfigError(f"logger.mode must be one of {LOGGER_MODES}, got {cfg.logger.mode!r}")
+    if not (cfg.device in ("auto", "cpu") or str(cfg.device).startswith("cuda")):
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
 
 
 def _metric_names(cfg: DictConfig) -> set[str]:
@@ -174,6 +206,8 @@ def _metric_names(cfg: DictConfig) -> set[str]:
     for node in cfg.eval.evaluators.values():
         fn = _target(node, "evaluator")
         names |= set(getattr(fn, "metric_names", ()))
+        if cfg.forget.kind == "class":
+            names |= set(getattr(fn, "class_metric_names", ()))
     return names
 
 

@@ -37,23 +37,24 @@ class EvalContext:
     batch_size: int = 1024
     _logits: dict = field(default_factory=dict, repr=False)
 
-    def subset(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images and labels of "forget", "retain" or "test"."""
+    def _index(self, name: str) -> torch.Tensor | None:
         if name == "test":
-            return self.test_x, self.test_y
-        idx = torch.as_tensor(self.split.forget_idx if name == "forget" else self.split.retain_idx,
-                              device=self.train_x.device)
-        return self.train_x[idx], self.train_y[idx]
+            return None
+        idx = self.split.forget_idx if name == "forget" else self.split.retain_idx
+        return torch.as_tensor(idx, device=self.train_x.device)
 
     def logits(self, model: torch.nn.Module, name: str) -> torch.Tensor:
-        """Memoized logits of `model` on a subset (keyed by the model object)."""
+        """Memoized logits of `model` on "forget", "retain" or "test" (keyed by the model object)."""
         key = (id(model), name)
         if key not in self._logits:
-            self._logits[key] = (model, predict(model, self.subset(name)[0], self.batch_size))
+            idx = self._index(name)
+            images = self.test_x if idx is None else self.train_x[idx]
+            self._logits[key] = (model, predict(model, images, self.batch_size))
         return self._logits[key][1]
 
     def labels(self, name: str) -> torch.Tensor:
-        return self.subset(name)[1]
+        idx = self._index(name)
+        return self.test_y if idx is None else self.train_y[idx]
 
     def forget_model(self, model: torch.nn.Module) -> None:
         """Drop memoized outputs of `model` (call when it is done or about to change)."""
@@ -77,8 +78,8 @@ def accuracies(model: torch.nn.Module, ctx: EvalContext) -> dict[str, float]:
     return out
 
 
-accuracies.metric_names = ("forget_acc", "retain_acc", "test_acc", "test_forget_acc",
-                           "test_retain_acc")
+accuracies.metric_names = ("forget_acc", "retain_acc", "test_acc")
+accuracies.class_metric_names = ("test_forget_acc", "test_retain_acc")
 
 
 def avg_gap(method: dict[str, float], oracle: dict[str, float], names) -> float:

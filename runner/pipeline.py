@@ -22,7 +22,7 @@ from data import datasets
 from data.loader import Augment, Batches
 from data.splits import index_digest, make_split
 from methods.common import UnlearnData
-from runner.cache import Cache, load_model, save_model
+from runner.cache import Cache, code_fingerprint, load_model, save_model
 from runner.config import ConfigError, build_model, instantiate_partial
 from runner.evaluate import EvalContext, avg_gap
 from runner.train import fit, make_scheduler, sgd
@@ -68,24 +68,43 @@ def load_dataset(cfg: DictConfig) -> datasets.Dataset:
     return ds
 
 
-def train_or_load(cfg: DictConfig, cache: Cache, kind: str, ds: datasets.Dataset,
-                  train_idx: np.ndarray, device: torch.device, state: RunState) -> torch.nn.Module:
-    """A model trained from scratch on `train_idx` with the run's recipe, via the cache."""
-    spec = {
+# The code a trained model depends on: its key changes when any of it changes.
+REPO = Path(__file__).resolve().parent.parent
+TRAINING_CODE = [*sorted((REPO / "models").glob("*.py")), REPO / "runner" / "train.py",
+                 REPO / "data" / "loader.py"]
+
+
+def model_spec(cfg: DictConfig, ds: datasets.Dataset, train_idx: np.ndarray) -> dict:
+    """Exactly what determines a model trained from scratch: the cache key's content."""
+    recipe = OmegaConf.to_container(cfg.train, resolve=True)
+    schedule = recipe.pop("schedule")
+    recipe["schedule"] = (schedule if schedule["name"] == "step" else {"name": schedule["name"]})
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    return {
         "dataset": {"name": ds.name, "fingerprint": ds.fingerprint,
                     "augment": OmegaConf.to_container(cfg.dataset.augment)},
-        "model": OmegaConf.to_container(cfg.model, resolve=True),
-        "normalization": [list(cfg.dataset.mean), list(cfg.dataset.std)],
-        "train": OmegaConf.to_container(cfg.train, resolve=True),
+        "model": model,
+        "normalization": ([list(cfg.dataset.mean), list(cfg.dataset.std)]
+                          if model["normalize"] else None),
+        "train": recipe,
         "seed": cfg.seed,
         "train_idx_sha256": index_digest(train_idx),
         "n_train": int(len(train_idx)),
+        "code": code_fingerprint(TRAINING_CODE),
     }
+
+
+def train_or_load(cfg: DictConfig, cache: Cache, kind: str, ds: datasets.Dataset,
+                  train_idx: np.ndarray, device: torch.device, state: RunState) -> torch.nn.Module:
+    """A model trained from scratch on `train_idx` with the run's recipe, via the cache."""
+    train_idx = np.sort(train_idx)  # the key is order-free, so the training order must be too
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.dataset).to(device)
+    recipe = cfg.train
+    if recipe.channels_last:
+        model = model.to(memory_format=torch.channels_last)
 
     def write(directory: Path) -> None:
-        recipe = cfg.train
         idx = torch.as_tensor(train_idx, device=device)
         batches = Batches(ds.train_x[idx], ds.train_y[idx], batch_size=recipe.batch_size,
                           shuffle=True, seed=cfg.seed, augment=Augment(**cfg.dataset.augment),
@@ -97,7 +116,7 @@ def train_or_load(cfg: DictConfig, cache: Cache, kind: str, ds: datasets.Dataset
             precision=recipe.precision, desc=kind)
         save_model(directory, model)
 
-    path, key, hit = cache.get_or_build(kind, spec, write)
+    path, key, hit = cache.get_or_build(kind, model_spec(cfg, ds, train_idx), write)
     state.cache_keys[kind], state.cache_hits[kind] = key, hit
     return load_model(path, model) if hit else model.eval()
 
@@ -126,7 +145,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         retain_y=ds.train_y[retain_idx] if use_retain else None,
         num_classes=ds.num_classes, augment=Augment(**cfg.dataset.augment), seed=cfg.seed,
         precision=cfg.train.precision, channels_last=cfg.train.channels_last,
-        train_from_scratch=lambda: copy.deepcopy(oracle))
+        # Only a method with D_R may have the model trained on D_R (retrain returns it).
+        train_from_scratch=(lambda: copy.deepcopy(oracle)) if use_retain else None)
     unlearn = instantiate_partial(cfg.method, "method", n_positional=2)
     with state.stage("unlearn"):
         torch.manual_seed(cfg.seed)

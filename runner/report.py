@@ -1,9 +1,12 @@
 """`python -m runner.report DIR`: one table from every metrics.json under DIR (a sweep dir).
 
 Rows are methods (per dataset and forget spec); cells are the unlearned model's metrics as
-mean ± sample std (ddof=1) over the runs that differ only in seeds (`seed`, `forget.seed`).
-Failed runs are counted in the `runs` column (ok/total), never silently dropped. Writes
-DIR/table.md and DIR/table.csv and prints the markdown.
+mean ± sample std (ddof=1) over the runs whose resolved configs differ only in seeds (`seed`,
+`forget.seed`) or in settings that cannot change a result (paths, logger, device, batch size of
+evaluation). Runs that differ in anything else (a learning rate of a sweep, say) get rows of their
+own, labelled with the differing settings. Failed runs are counted in the `runs` column
+(ok/total), never silently dropped; a run repeating another's config and seeds is flagged `dup`.
+Writes DIR/table.md and DIR/table.csv and prints the markdown.
 """
 
 from __future__ import annotations
@@ -31,6 +34,26 @@ def load_results(root: Path) -> list[dict]:
         except (OSError, ValueError) as err:
             results.append({"status": "failed", "error": f"unreadable {path}: {err}"})
     return results
+
+
+# Config keys (and prefixes) that do not define a table cell.
+NOT_SETTINGS = ("seed", "forget.seed", "paths.", "logger.", "device", "eval_batch_size")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = json.dumps(value)
+    return out
+
+
+def _setting(r: dict) -> dict[str, str]:
+    """The run's resolved config, flattened, without seeds and result-neutral keys."""
+    return {k: v for k, v in _flat(r.get("config", {})).items()
+            if not any(k == n or (n.endswith(".") and k.startswith(n)) for n in NOT_SETTINGS)}
 
 
 def _row_key(r: dict) -> tuple[str, str, str]:
@@ -65,16 +88,40 @@ def _sort_key(key: tuple[str, str, str]):
     return key[0], key[1], rank, key[2]
 
 
+def _labels(groups: dict[tuple, list[dict]]) -> dict[tuple, tuple[str, str, str]]:
+    """Row labels: the method, plus the settings in which groups of the same method differ."""
+    by_row: dict[tuple, list[tuple]] = defaultdict(list)
+    for key in groups:
+        by_row[key[:3]].append(key)
+    labels = {}
+    for row, keys in by_row.items():
+        settings = [dict(key[3]) for key in keys]
+        varying = sorted({k for s in settings for k in s
+                          if len({s.get(k) for s in settings}) > 1})
+        for key, setting in zip(keys, settings):
+            extra = " ".join(f"{k}={setting.get(k, 'unset')}" for k in varying)
+            labels[key] = (row[0], row[1], f"{row[2]} {extra}".strip())
+    return labels
+
+
+def _runs_cell(runs: list[dict]) -> str:
+    ok = [r for r in runs if r.get("status") == "ok"]
+    seeds = [(r["config"].get("seed"), r["config"].get("forget", {}).get("seed")) for r in ok]
+    dups = len(seeds) - len(set(seeds))
+    return f"{len(ok)}/{len(runs)}" + (f" ({dups} dup)" if dups else "")
+
+
 def make_table(results: list[dict], columns=COLUMNS) -> list[list[str]]:
-    """Header row then one row per (dataset, forget spec, method)."""
+    """Header row then one row per (dataset, forget spec, method, other settings)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in results:
-        groups[_row_key(r)].append(r)
+        groups[(*_row_key(r), tuple(sorted(_setting(r).items())))].append(r)
+    labels = _labels(groups)
     rows = [["dataset", "forget", "method", *columns, "runs"]]
-    for key in sorted(groups, key=_sort_key):
+    for key in sorted(groups, key=lambda k: _sort_key(labels[k])):
         ok = [r for r in groups[key] if r.get("status") == "ok"]
         cells = [_cell([_value(r, c) for r in ok]) for c in columns]
-        rows.append([*key, *cells, f"{len(ok)}/{len(groups[key])}"])
+        rows.append([*labels[key], *cells, _runs_cell(groups[key])])
     return rows
 
 

@@ -71,3 +71,14 @@ def test_checkpoints_load_weights_only(tmp_path):
     torch.save({"weight": print}, path / "model.pt")  # a pickled callable, not weights
     with pytest.raises(Exception):
         load_model(path, torch.nn.Linear(3, 2))
+
+
+def test_code_fingerprint_follows_code_not_comments(tmp_path):
+    from runner.cache import code_fingerprint
+    f = tmp_path / "m.py"
+    f.write_text('"""Doc."""\ndef g(x):\n    """Doc."""\n    return x * 2\n')
+    base = code_fingerprint([f])
+    f.write_text('"""Other doc."""\n# a comment\ndef g(x):\n    """Changed."""\n    return x * 2\n')
+    assert code_fingerprint([f]) == base
+    f.write_text('"""Doc."""\ndef g(x):\n    """Doc."""\n    return x / 2\n')
+    assert code_fingerprint([f]) != base

@@ -51,10 +51,23 @@ def test_paper_defaults_for_cifar10(make_cfg):
     (["method.epochs=2.5"], "method.epochs must be int"),
     (["dataset.mean=[0.1,0.2]"], "one per channel"),
     (["train.precision=fp8"], "fp32 or bf16"),
-    (["forget.fraction=null"], "exactly one of fraction and count"),
+    (["forget.fraction=null"], "exactly one of forget.fraction and forget.count"),
     (["method=ft", "method.use_retain=false"], "ft needs the retain set"),
     (["method=retrain", "method.use_retain=false"], "retrain needs the retain set"),
+    (["method.decay_every=0"], r"method.decay_every must be >= 1, got 0"),
+    (["method.batch_size=0"], r"method.batch_size must be >= 1"),
+    (["method.lr=-1"], r"method.lr must be > 0"),
+    (["train.lr=0"], r"train.lr must be > 0"),
+    (["train.momentum=1.5"], r"train.momentum must be >= 0.0 and <= 1.0"),
+    (["train=paper", "train.schedule.step_size=null"], "needs step_size"),
+    (["train.schedule.name=linear"], "step, cosine or constant"),
+    (["eval.gap_metrics=[test_forget_acc]"], "no evaluator reports for forget=random"),
+    (["eval.evaluators.mia_efficacy.num_members=-3"], "num_members must be >= 1"),
+    (["eval_batch_size=0"], "eval_batch_size must be >= 1"),
+    (["logger.mode=ofline"], "logger.mode must be one of"),
+    (["device=gpu"], "device must be auto, cpu"),
 ])
+
 def test_bad_values_fail_validation(make_cfg, overrides, message):
     with pytest.raises(ConfigError, match=message):
         validate(make_cfg(*overrides))
@@ -95,3 +108,17 @@ def test_tuned_values_apply_to_their_dataset_only(make_cfg):
     assert make_cfg("method=ga").method.lr == 0.01            # conf/method_dataset/ga_digits.yaml
     assert make_cfg("method=ga", "dataset=synthetic").method.lr == 1e-4   # conf/method/ga.yaml
     assert make_cfg("method=ga", "method.lr=0.5").method.lr == 0.5        # the command line wins
+
+
+def test_validation_types_the_recipe(make_cfg):
+    cfg = make_cfg("train.lr=1")
+    validate(cfg)
+    assert isinstance(cfg.train.lr, float)
+    class_cfg = make_cfg("forget=class", "forget.class_id=3", "eval.gap_metrics=[test_forget_acc]")
+    validate(class_cfg)  # the class-only accuracies exist for class forgetting
+
+
+def test_every_method_dataset_file_names_a_real_pair():
+    methods, datasets = set(_options("method")), set(_options("dataset"))
+    for name in _options("method_dataset"):
+        assert any(name == f"{m}_{d}" for m in methods for d in datasets), name
