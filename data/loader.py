@@ -23,9 +23,9 @@ class Augment:
     flip: bool = False
 
 
-def to_float(x_u8: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> float32 in [0, 1]."""
-    return x_u8.float().div_(255.0)
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float32 in [0, 1]; float images (adversarial examples) pass through."""
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
 
 
 def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
@@ -50,17 +50,19 @@ def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 class Batches:
-    """Re-iterable stream of `(x, y, sign)` batches over device-resident uint8 images.
+    """Re-iterable stream of `(x, y, sign)` batches over device-resident images (uint8, or float
+    in [0, 1] for adversarial examples).
 
     Each pass is one epoch with a fresh permutation drawn from a generator seeded once, so the
     sequence of epochs is reproducible. `relabel(y, gen)` may replace the labels each epoch (random
-    labelling); `sign` tells `fit` to descend (+1) or ascend (-1) on this stream's loss.
+    labelling); `sign` tells `fit` to descend (+1) or ascend (-1) on this stream's loss;
+    `augment_mask` limits augmentation to the samples where it is True.
     """
 
     def __init__(self, x_u8: torch.Tensor, y: torch.Tensor, *, batch_size: int, shuffle: bool,
                  seed: int, augment: Augment | None = None, drop_last: bool = False,
                  relabel: Relabel | None = None, sign: float = 1.0,
-                 channels_last: bool = False):
+                 channels_last: bool = False, augment_mask: torch.Tensor | None = None):
         if len(x_u8) != len(y):
             raise ValueError(f"{len(x_u8)} images but {len(y)} labels")
         if len(x_u8) == 0:
@@ -68,6 +70,7 @@ class Batches:
         self.x, self.y = x_u8, y
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.augment, self.relabel, self.sign = augment, relabel, sign
+        self.augment_mask = augment_mask
         self.channels_last = channels_last
         self.gen = torch.Generator(device=x_u8.device)
         self.gen.manual_seed(seed)
@@ -89,12 +92,19 @@ class Batches:
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             x = to_float(self.x[idx])
             if self.augment is not None:
-                x = random_crop(x, self.augment.crop_pad, self.gen)
-                if self.augment.flip:
-                    x = random_flip(x, self.gen)
+                x = self._augment(x, idx)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y_all[idx], self.sign
+
+
+    def _augment(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        out = random_crop(x, self.augment.crop_pad, self.gen)
+        if self.augment.flip:
+            out = random_flip(out, self.gen)
+        if self.augment_mask is None:
+            return out
+        return torch.where(self.augment_mask[idx][:, None, None, None], out, x)
 
 
 class Concat:

@@ -25,6 +25,9 @@ class UnlearnData:
     precision: str = "fp32"
     channels_last: bool = False
     train_from_scratch: Callable[[], torch.nn.Module] | None = None  # the cached retrain oracle
+    # AMUN's D_A: float images in [0, 1] and the original model's wrong labels on them, built by
+    # the runner (and cached) for methods that declare `unlearn.needs_adversarial = True`.
+    adversarial: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def retain(self, method: str) -> tuple[torch.Tensor, torch.Tensor]:
         if self.retain_x is None:
@@ -32,11 +35,12 @@ class UnlearnData:
         return self.retain_x, self.retain_y
 
     def stream(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, salt: int = 0,
-               sign: float = 1.0, relabel: Relabel | None = None) -> Batches:
+               sign: float = 1.0, relabel: Relabel | None = None,
+               augment_mask: torch.Tensor | None = None) -> Batches:
         """Shuffled, augmented batches; `salt` makes streams of one method draw independently."""
         return Batches(x, y, batch_size=batch_size, shuffle=True, seed=self.seed * 1000 + salt,
                        augment=self.augment, relabel=relabel, sign=sign,
-                       channels_last=self.channels_last)
+                       channels_last=self.channels_last, augment_mask=augment_mask)
 
 
 def random_wrong_labels(num_classes: int, mask: torch.Tensor | None = None) -> Relabel:
@@ -49,3 +53,15 @@ def random_wrong_labels(num_classes: int, mask: torch.Tensor | None = None) -> R
         return wrong if mask is None else torch.where(mask, wrong, y)
 
     return relabel
+
+
+def random_label_stream(data: UnlearnData, batch_size: int) -> Batches:
+    """RL's stream: D_R + D_F (D_F alone without D_R), each forget sample relabelled with a fresh
+    wrong label every epoch."""
+    x, y = data.forget_x, data.forget_y
+    is_forget = torch.ones(len(y), dtype=torch.bool, device=y.device)
+    if data.retain_x is not None:
+        x, y = torch.cat([data.retain_x, x]), torch.cat([data.retain_y, y])
+        is_forget = torch.cat([torch.zeros(len(data.retain_y), dtype=torch.bool, device=y.device),
+                               is_forget])
+    return data.stream(x, y, batch_size, relabel=random_wrong_labels(data.num_classes, is_forget))

@@ -6,20 +6,14 @@ from __future__ import annotations
 
 import torch
 
-from methods.common import UnlearnData, random_wrong_labels
+from methods.common import UnlearnData, random_label_stream
 from runner.train import finetune
 
 
 def unlearn(model: torch.nn.Module, data: UnlearnData, *, epochs: int, lr: float, momentum: float,
             weight_decay: float, batch_size: int, decay_every: int,
             decay_gamma: float) -> torch.nn.Module:
-    x, y = data.forget_x, data.forget_y
-    is_forget = torch.ones(len(y), dtype=torch.bool, device=y.device)
-    if data.retain_x is not None:
-        rx, ry = data.retain_x, data.retain_y
-        x, y = torch.cat([rx, x]), torch.cat([ry, y])
-        is_forget = torch.cat([torch.zeros(len(ry), dtype=torch.bool, device=y.device), is_forget])
-    stream = data.stream(x, y, batch_size, relabel=random_wrong_labels(data.num_classes, is_forget))
+    stream = random_label_stream(data, batch_size)
     return finetune(model, stream, epochs=epochs, lr=lr, momentum=momentum,
                     weight_decay=weight_decay, decay_every=decay_every, decay_gamma=decay_gamma,
                     precision=data.precision, desc="rl")

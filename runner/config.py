@@ -21,7 +21,7 @@ from data.splits import SplitError, check_spec
 
 # Keys of a partial's node that are not keyword arguments of its target. A method's `use_retain`
 # tells the runner whether to hand it the retain set at all.
-RESERVED = {"_target_", "_partial_", "name", "use_retain"}
+RESERVED = {"_target_", "_partial_", "name", "use_retain", "attack"}
 
 
 class ConfigError(ValueError):
@@ -143,6 +143,8 @@ RANGES = {
     "momentum": (0.0, 1.0, True), "weight_decay": (0.0, None, True),
     "decay_every": (1, None, True), "decay_gamma": (0.0, 1.0, False),
     "num_members": (1, None, True), "C": (0.0, None, False),
+    "ratio": (0.0, 1.0, True), "salun_ratio": (0.0, 1.0, False), "steps": (1, None, True),
+    "max_doublings": (0, None, True), "auto_base": (0.0, None, False), "bound": (0.0, None, False), "alpha": (0.0, None, True),
 }
 LOGGER_MODES = ("offline", "online", "disabled")
 
@@ -186,6 +188,8 @@ def validate(cfg: DictConfig) -> None:
     if getattr(method, "needs_retain", False) and not cfg.method.use_retain:
         raise ConfigError(f"method {cfg.method.name} needs the retain set; use_retain=false "
                           "is not possible for it")
+    if getattr(method, "needs_adversarial", False):
+        _check_attack(cfg.method)
     for name, node in cfg.eval.evaluators.items():
         check_partial(node, f"eval.evaluators.{name}", n_positional=2)
         _check_ranges(dict(node), f"eval.evaluators.{name}")
@@ -199,6 +203,34 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"logger.mode must be one of {LOGGER_MODES}, got {cfg.logger.mode!r}")
     if not (cfg.device in ("auto", "cpu") or str(cfg.device).startswith("cuda")):
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+
+
+@dataclass
+class AttackSpec:
+    kind: str = "pgd"
+    norm: str = "l2"
+    eps_init: Any = 0.04
+    auto_base: float = 0.01
+    steps: int = 50
+    max_doublings: int = 10
+    batch_size: int = 512
+
+
+def _check_attack(method: DictConfig) -> None:
+    """The attack that builds an adversarial set: typed, and its choices and ranges sane."""
+    if "attack" not in method:
+        raise ConfigError(f"method {method.name} needs an `attack` block (see conf/method/amun.yaml)")
+    try:
+        attack = OmegaConf.merge(OmegaConf.structured(AttackSpec), method.attack)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"method.attack: {err}".splitlines()[0]) from None
+    if attack.kind not in ("pgd", "fgsm") or attack.norm not in ("l2", "linf"):
+        raise ConfigError("method.attack.kind must be pgd or fgsm and norm l2 or linf, got "
+                          f"{attack.kind!r} and {attack.norm!r}")
+    eps = attack.eps_init
+    if eps != "auto" and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps <= 0):
+        raise ConfigError(f"method.attack.eps_init must be a positive number or auto, got {eps!r}")
+    _check_ranges(dict(attack), "method.attack")
 
 
 def _metric_names(cfg: DictConfig) -> set[str]:

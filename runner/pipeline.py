@@ -22,6 +22,7 @@ from data import datasets
 from data.loader import Augment, Batches
 from data.splits import index_digest, make_split
 from methods.common import UnlearnData
+from runner import adversarial
 from runner.cache import Cache, code_fingerprint, load_model, save_model
 from runner.config import ConfigError, build_model, instantiate_partial
 from runner.evaluate import EvalContext, avg_gap
@@ -68,10 +69,11 @@ def load_dataset(cfg: DictConfig) -> datasets.Dataset:
     return ds
 
 
-# The code a trained model depends on: its key changes when any of it changes.
+# The code a trained model depends on: its key changes when any of it changes. Taken once, at
+# import, so it describes the code this process runs even if the files are edited meanwhile.
 REPO = Path(__file__).resolve().parent.parent
-TRAINING_CODE = [*sorted((REPO / "models").glob("*.py")), REPO / "runner" / "train.py",
-                 REPO / "data" / "loader.py"]
+TRAINING_CODE = code_fingerprint([*sorted((REPO / "models").glob("*.py")),
+                                  REPO / "runner" / "train.py", REPO / "data" / "loader.py"])
 
 
 def model_spec(cfg: DictConfig, ds: datasets.Dataset, train_idx: np.ndarray) -> dict:
@@ -90,7 +92,7 @@ def model_spec(cfg: DictConfig, ds: datasets.Dataset, train_idx: np.ndarray) -> 
         "seed": cfg.seed,
         "train_idx_sha256": index_digest(train_idx),
         "n_train": int(len(train_idx)),
-        "code": code_fingerprint(TRAINING_CODE),
+        "code": TRAINING_CODE,
     }
 
 
@@ -148,6 +150,15 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         # Only a method with D_R may have the model trained on D_R (retrain returns it).
         train_from_scratch=(lambda: copy.deepcopy(oracle)) if use_retain else None)
     unlearn = instantiate_partial(cfg.method, "method", n_positional=2)
+    extra = {}
+    if getattr(unlearn.func, "needs_adversarial", False):
+        with state.stage("adversarial"):
+            adv_x, adv_y, extra["adversarial"], hit = adversarial.build(
+                cfg.method.attack, cache, original, state.cache_keys["original"],
+                data.forget_x, data.forget_y, split.forget_idx)
+            state.cache_keys["adversarial"], state.cache_hits["adversarial"] = (
+                extra["adversarial"]["cache_key"], hit)
+            data.adversarial = (adv_x, adv_y)
     with state.stage("unlearn"):
         torch.manual_seed(cfg.seed)
         unlearned = unlearn(copy.deepcopy(original), data).eval()
@@ -171,5 +182,5 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "forget_idx_sha256": split.digest("forget"),
         "metrics": metrics, "avg_gap": gap, "gap_metrics": list(cfg.eval.gap_metrics),
         "cache_keys": state.cache_keys, "cache_hits": state.cache_hits,
-        "stage_seconds": state.stage_seconds, "device": str(device),
+        "stage_seconds": state.stage_seconds, "device": str(device), **extra,
     }

@@ -1,6 +1,6 @@
 import torch
 
-from data.loader import Augment, Batches, Concat, random_crop, random_flip
+from data.loader import Augment, Batches, Concat, random_crop, random_flip, to_float
 from methods.common import random_wrong_labels
 
 
@@ -75,3 +75,15 @@ def test_concat_runs_streams_back_to_back_with_their_signs():
     b = Batches(x, torch.arange(4), batch_size=4, shuffle=False, seed=0)
     signs = [s for _, _, s in Concat(a, b)]
     assert signs == [-1.0, -1.0, 1.0] and len(Concat(a, b)) == 3
+
+
+def test_float_images_pass_through_and_augment_mask_spares_them():
+    u8 = torch.full((4, 1, 6, 6), 255, dtype=torch.uint8)
+    adv = torch.full((4, 1, 6, 6), 0.5)
+    x = torch.cat([to_float(u8), adv])
+    mask = torch.tensor([True] * 4 + [False] * 4)
+    b = Batches(x, torch.arange(8), batch_size=8, shuffle=False, seed=0,
+                augment=Augment(crop_pad=2, flip=True), augment_mask=mask)
+    xb, _, _ = next(iter(b))
+    assert torch.equal(xb[4:], adv)  # adversarial examples are never augmented
+    assert bool((xb[:4] == 0).any())  # the crops of the others pulled in zero padding

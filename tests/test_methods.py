@@ -5,29 +5,16 @@ import copy
 import pytest
 import torch
 
-from data.loader import Augment
 from methods import ft, ga, retrain, rl
-from methods.common import UnlearnData
 from runner.evaluate import predict
 
-HP = dict(epochs=2, lr=0.05, momentum=0.9, weight_decay=5e-4, batch_size=16, decay_every=1,
-          decay_gamma=0.5)
-
+from tiny import HP, linear_model, tiny_data
 
 def _data(use_retain=True, oracle=None):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (96, 1, 6, 6), dtype=torch.uint8, generator=g)
-    y = torch.randint(0, 3, (96,), generator=g)
-    return UnlearnData(forget_x=x[:24], forget_y=y[:24],
-                       retain_x=x[24:] if use_retain else None,
-                       retain_y=y[24:] if use_retain else None, num_classes=3,
-                       augment=Augment(crop_pad=1, flip=False), seed=1,
-                       train_from_scratch=lambda: copy.deepcopy(oracle))
+    return tiny_data(use_retain, train_from_scratch=lambda: copy.deepcopy(oracle))
 
 
-def _model():
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 3))
+_model = linear_model
 
 
 def _changed(a, b):

@@ -1,0 +1,48 @@
+"""AMUN, Adversarial Machine UNlearning (Ebrahimpour-Boroojeny et al., "Not All Wrong is Bad: Using
+Adversarial Examples for Unlearning", ICML 2025, arXiv 2503.00917).
+
+Fine-tune the original model with cross-entropy on the shuffled union of
+  D_A (the adversarial example of every forget sample, labelled with the original model's wrong
+       prediction on it; built once per original model by `attacks.pgd` and cached by the runner),
+  D_F (the forget samples with their true labels; left out with `adv_only`), and
+  D_R (the retain set, when the run gives it: `use_retain`).
+So with D_R: D_R + D_F + D_A (or D_R + D_A with adv_only); without: D_F + D_A (or D_A alone).
+Train augmentation (crop, flip) applies to D_R and D_F, never to D_A: a shifted adversarial
+example is no longer the point the attack found. `salun_ratio` (AMUN+SalUn) multiplies the
+gradients by SalUn's saliency mask of that ratio; null turns it off.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from data.loader import to_float
+from methods.common import UnlearnData
+from methods.salun import mask_hook, saliency_mask
+from runner.train import finetune
+
+
+def unlearn(model: torch.nn.Module, data: UnlearnData, *, adv_only: bool, salun_ratio: float | None,
+            epochs: int, lr: float, momentum: float, weight_decay: float, batch_size: int,
+            decay_every: int, decay_gamma: float) -> torch.nn.Module:
+    if data.adversarial is None:
+        raise ValueError("amun needs the adversarial set; the runner builds it for methods that "
+                         "set unlearn.needs_adversarial")
+    adv_x, adv_y = data.adversarial
+    parts = [] if adv_only else [(data.forget_x, data.forget_y)]
+    if data.retain_x is not None:
+        parts.insert(0, (data.retain_x, data.retain_y))
+    x = torch.cat([to_float(p[0]) for p in parts] + [adv_x.float()])
+    y = torch.cat([p[1] for p in parts] + [adv_y])
+    augment_mask = torch.arange(len(y), device=y.device) < len(y) - len(adv_y)
+    hook = None
+    if salun_ratio is not None:
+        hook = mask_hook(saliency_mask(model, data.forget_x, data.forget_y, ratio=salun_ratio,
+                                       batch_size=batch_size))
+    return finetune(model, data.stream(x, y, batch_size, augment_mask=augment_mask),
+                    epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                    decay_every=decay_every, decay_gamma=decay_gamma, grad_hook=hook,
+                    precision=data.precision, desc="amun")
+
+
+unlearn.needs_adversarial = True

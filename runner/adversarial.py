@@ -1,0 +1,79 @@
+"""AMUN's adversarial set D_A as a cached artifact: built once per (original model, attack config,
+forget set) with `attacks.pgd`, and reused by every AMUN run of a sweep."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from attacks.pgd import auto_eps_init, fgsm_doubling, pgd_doubling
+from data.loader import to_float
+from data.splits import index_digest
+from runner.cache import Cache
+
+log = logging.getLogger("runner")
+AUTO_SAMPLES = 100  # the paper picks eps_init on about 100 forget samples
+
+
+def _attack(attack: DictConfig, model, x, y, eps_init: float):
+    if attack.kind == "fgsm":
+        return fgsm_doubling(model, x, y, norm=attack.norm, eps_init=eps_init,
+                             max_doublings=attack.max_doublings, batch_size=attack.batch_size)
+    return pgd_doubling(model, x, y, norm=attack.norm, eps_init=eps_init, steps=attack.steps,
+                        max_doublings=attack.max_doublings, batch_size=attack.batch_size)
+
+
+def build(attack: DictConfig, cache: Cache, original: torch.nn.Module, original_key: str,
+          forget_x: torch.Tensor, forget_y: torch.Tensor,
+          forget_idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, dict, bool]:
+    """(x_adv, y_adv) of the forget samples the attack fooled, a summary of the search, and
+    whether it came from the cache."""
+    spec = {"original": original_key, "attack": OmegaConf.to_container(attack, resolve=True),
+            "forget_idx_sha256": index_digest(forget_idx), "n_forget": int(len(forget_idx))}
+
+    def write(directory: Path) -> None:
+        # Count every sample the model sees, the eps_init search included (the papers' cost).
+        calls = [0]
+        handle = original.register_forward_hook(lambda m, inputs, out: calls.__setitem__(
+            0, calls[0] + len(inputs[0])))
+        try:
+            _search(directory, calls)
+        finally:
+            handle.remove()
+
+    def _search(directory: Path, calls: list) -> None:
+        x = to_float(forget_x)
+        eps_init = attack.eps_init
+        if eps_init == "auto":
+            eps_init = auto_eps_init(original, x[:AUTO_SAMPLES], forget_y[:AUTO_SAMPLES],
+                                     base=attack.auto_base, norm=attack.norm,
+                                     steps=attack.steps, max_doublings=attack.max_doublings,
+                                     batch_size=attack.batch_size)
+            log.info("eps_init auto: %g", eps_init)
+        res = _attack(attack, original, x, forget_y, float(eps_init))
+        torch.save({"x_adv": res.x_adv.cpu(), "y_adv": res.y_adv.cpu(), "eps": res.eps.cpu(),
+                    "success": res.success.cpu(), "model_calls": torch.tensor(calls[0]),
+                    "eps_init": torch.tensor(float(eps_init))}, directory / "adversarial.pt")
+
+    path, key, hit = cache.get_or_build("adversarial", spec, write)
+    blob = torch.load(path / "adversarial.pt", map_location=forget_x.device, weights_only=True)
+    ok, eps = blob["success"], blob["eps"]
+    summary = {
+        "cache_key": key, "eps_init": float(blob["eps_init"]),
+        "model_calls_per_sample": float(blob["model_calls"]) / max(len(eps), 1),
+        "success_rate": float(ok.float().mean()) * 100.0,
+        "eps_quantiles": {q: float(eps[ok].quantile(q / 100)) if ok.any() else None
+                          for q in (5, 50, 95, 100)},
+        "eps_histogram": {f"{v:g}": int(c) for v, c in zip(*np.unique(eps[ok].cpu().numpy(),
+                                                                        return_counts=True))},
+    }
+    log.info("adversarial set: %.1f model calls per forget sample, %.1f%% fooled, eps_init %g",
+             summary["model_calls_per_sample"], summary["success_rate"], summary["eps_init"])
+    if not ok.all():
+        log.warning("adversarial set: %d forget samples were never fooled; D_A leaves them out",
+                    int((~ok).sum()))
+    return blob["x_adv"][ok], blob["y_adv"][ok], summary, hit
