@@ -77,3 +77,22 @@ def build(attack: DictConfig, cache: Cache, original: torch.nn.Module, original_
         log.warning("adversarial set: %d forget samples were never fooled; D_A leaves them out",
                     int((~ok).sum()))
     return blob["x_adv"][ok], blob["y_adv"][ok], summary, hit
+
+
+def plot_eps_histogram(summary: dict, path: Path) -> None:
+    """Bar chart of how many forget samples were first fooled at each radius."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on a cluster node
+    import matplotlib.pyplot as plt
+
+    radii = list(summary["eps_histogram"])
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.bar(range(len(radii)), list(summary["eps_histogram"].values()), tick_label=radii)
+    ax.set_xlabel("smallest eps fooling the original model")
+    ax.set_ylabel("forget samples")
+    ax.set_title(f"eps_init {summary['eps_init']:g}, "
+                 f"{summary['model_calls_per_sample']:.1f} model calls per sample", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

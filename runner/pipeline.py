@@ -159,6 +159,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             state.cache_keys["adversarial"], state.cache_hits["adversarial"] = (
                 extra["adversarial"]["cache_key"], hit)
             data.adversarial = (adv_x, adv_y)
+            adversarial.plot_eps_histogram(extra["adversarial"], run_dir / "adversarial_eps.png")
     with state.stage("unlearn"):
         torch.manual_seed(cfg.seed)
         unlearned = unlearn(copy.deepcopy(original), data).eval()

@@ -67,10 +67,20 @@ class Logger:
         flat = {f"{role}/{k}": v for role in ROLES for k, v in result["metrics"].get(role, {}).items()}
         flat["avg_gap"] = result["avg_gap"]
         flat.update({f"time/{k}": v for k, v in result["stage_seconds"].items()})
+        adv = result.get("adversarial")
+        if adv is not None:
+            flat.update({f"adversarial/{k}": adv[k]
+                         for k in ("model_calls_per_sample", "success_rate", "eps_init")})
         self.run.log(flat)
         self.run.summary.update(flat)
         columns, rows = summary_rows(result)
-        self.run.log({"summary_table": self.wandb.Table(columns=columns, data=rows)})
+        charts = {"summary_table": self.wandb.Table(columns=columns, data=rows)}
+        if adv is not None:
+            table = self.wandb.Table(columns=["eps", "forget samples"],
+                                     data=[[k, v] for k, v in adv["eps_histogram"].items()])
+            charts["adversarial/eps_histogram"] = self.wandb.plot.bar(
+                table, "eps", "forget samples", title="smallest eps per forget sample")
+        self.run.log(charts)
 
     def finish(self, exit_code: int = 0) -> None:
         if self.run is not None:

@@ -46,7 +46,7 @@ def test_amun_without_an_adversarial_set_says_so():
 def test_adversarial_set_is_built_once_and_reported(make_cfg, tmp_path):
     overrides = (*FAST, "method=amun", "method.epochs=1", "method.attack.eps_init=auto",
                  "method.attack.auto_base=0.25")
-    first = execute(make_cfg(*overrides), tmp_path / "a")
+    first = execute(make_cfg(*overrides, "logger=wandb"), tmp_path / "a")  # the W&B charts too
     second = execute(make_cfg(*overrides, "method.lr=0.001"), tmp_path / "b")
     assert first["cache_hits"]["adversarial"] is False and second["cache_hits"]["adversarial"]
     adv = first["adversarial"]
@@ -56,6 +56,7 @@ def test_adversarial_set_is_built_once_and_reported(make_cfg, tmp_path):
     assert sum(adv["eps_histogram"].values()) == round(144 * adv["success_rate"] / 100)
     # 0 for samples the original already misclassified, else a doubling of eps_init
     assert all(float(e) == 0 or float(e) >= eps_init * 0.999 for e in adv["eps_histogram"])
+    assert (tmp_path / "a" / "adversarial_eps.png").stat().st_size > 1000
     # A different attack is a different artifact.
     third = execute(make_cfg(*overrides, "method.attack.norm=linf",
                              "method.attack.auto_base=0.02"), tmp_path / "c")
