@@ -4,10 +4,10 @@ STAMP   := .venv/.installed
 # The sweep that `make table-demo` tabulates: the newest Hydra sweep dir unless SWEEP=... is given.
 SWEEP   ?= $(shell ls -td outputs/demo outputs/multirun/*/*/ 2>/dev/null | head -1)
 
-.PHONY: help setup demo table-demo test test-slow clean
+.PHONY: help setup demo table-demo table-amun-cifar10 test test-slow clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
 
 setup: $(STAMP)  ## create .venv with an editable install (idempotent)
 
@@ -23,6 +23,10 @@ demo: setup  ## original + retrain oracle + ft, rl, ga on the bundled digits, th
 table-demo: setup  ## table of a sweep dir (SWEEP=dir, default: the newest sweep)
 	@test -n "$(SWEEP)" || { echo "no sweep dir under outputs/; run a sweep first or pass SWEEP=dir"; exit 1; }
 	$(PY) -m runner.report $(SWEEP)
+
+table-amun-cifar10: setup  ## AMUN Table 1 (CIFAR-10, 9 methods x 10%/50% x 3 seeds; a GPU job)
+	$(PY) -m runner -m experiment=amun_table1 $(ARGS)
+	$(PY) -m runner.report outputs/amun_table1
 
 test: setup  ## the test suite (fast CPU tests)
 	$(PY) -m pytest -q

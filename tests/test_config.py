@@ -122,3 +122,15 @@ def test_every_method_dataset_file_names_a_real_pair():
     methods, datasets = set(_options("method")), set(_options("dataset"))
     for name in _options("method_dataset"):
         assert any(name == f"{m}_{d}" for m in methods for d in datasets), name
+
+
+def test_amun_table1_describes_the_papers_grid(make_cfg):
+    cfg = make_cfg("experiment=amun_table1", "seed=10")
+    assert cfg.dataset.name == "cifar10" and cfg.model.halve_downsample
+    assert cfg.forget.seed == 10 and cfg.train.epochs == 200
+    validate(cfg)
+    out = subprocess.run([sys.executable, "-m", "runner", "experiment=amun_table1",
+                          "--cfg", "hydra"], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout
+    assert "method: retrain,ft,rl,ga,bs,l1_sparse,salun,amun,amun_salun" in out
+    assert "forget.fraction: 0.1,0.5" in out and "seed: 1,10,100" in out
