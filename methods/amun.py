@@ -29,6 +29,9 @@ def unlearn(model: torch.nn.Module, data: UnlearnData, *, adv_only: bool, salun_
         raise ValueError("amun needs the adversarial set; the runner builds it for methods that "
                          "set unlearn.needs_adversarial")
     adv_x, adv_y = data.adversarial
+    if len(adv_y) == 0:
+        raise ValueError("amun: the attack fooled the original model on no forget sample, so D_A "
+                         "is empty; raise method.attack.max_doublings or eps_init")
     parts = [] if adv_only else [(data.forget_x, data.forget_y)]
     if data.retain_x is not None:
         parts.insert(0, (data.retain_x, data.retain_y))

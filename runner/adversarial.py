@@ -3,6 +3,7 @@ forget set) with `attacks.pgd`, and reused by every AMUN run of a sweep."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -12,11 +13,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from attacks.pgd import auto_eps_init, fgsm_doubling, pgd_doubling
 from data.loader import to_float
-from data.splits import index_digest
-from runner.cache import Cache
+from runner.cache import Cache, code_fingerprint
 
 log = logging.getLogger("runner")
 AUTO_SAMPLES = 100  # the paper picks eps_init on about 100 forget samples
+_HERE = Path(__file__).resolve()
+# The code that determines an adversarial set; taken at import, like the training code's.
+ATTACK_CODE = code_fingerprint([_HERE, _HERE.parent.parent / "attacks" / "pgd.py"])
 
 
 def _attack(attack: DictConfig, model, x, y, eps_init: float):
@@ -32,8 +35,11 @@ def build(attack: DictConfig, cache: Cache, original: torch.nn.Module, original_
           forget_idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, dict, bool]:
     """(x_adv, y_adv) of the forget samples the attack fooled, a summary of the search, and
     whether it came from the cache."""
+    # The forget indices in sampler order: eps_init auto looks at the first AUTO_SAMPLES of them.
+    ordered = hashlib.sha256(np.asarray(forget_idx, dtype=np.int64).tobytes()).hexdigest()
     spec = {"original": original_key, "attack": OmegaConf.to_container(attack, resolve=True),
-            "forget_idx_sha256": index_digest(forget_idx), "n_forget": int(len(forget_idx))}
+            "forget_idx_sha256_ordered": ordered, "n_forget": int(len(forget_idx)),
+            "code": ATTACK_CODE}
 
     def write(directory: Path) -> None:
         # Count every sample the model sees, the eps_init search included (the papers' cost).

@@ -228,6 +228,8 @@ def _check_attack(method: DictConfig) -> None:
         raise ConfigError("method.attack.kind must be pgd or fgsm and norm l2 or linf, got "
                           f"{attack.kind!r} and {attack.norm!r}")
     eps = attack.eps_init
+    if eps == "auto" and attack.kind != "pgd":
+        raise ConfigError("method.attack.eps_init=auto searches with PGD; give fgsm a number")
     if eps != "auto" and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps <= 0):
         raise ConfigError(f"method.attack.eps_init must be a positive number or auto, got {eps!r}")
     _check_ranges(dict(attack), "method.attack")

@@ -63,13 +63,21 @@ def test_adversarial_set_is_built_once_and_reported(make_cfg, tmp_path):
     assert third["cache_hits"]["adversarial"] is False
 
 
+def test_an_empty_adversarial_set_says_so():
+    data = _data()
+    data.adversarial = (data.adversarial[0][:0], data.adversarial[1][:0])
+    with pytest.raises(ValueError, match="D_A is empty"):
+        amun.unlearn(_model(), data, adv_only=False, salun_ratio=None, **HP)
+
+
 @pytest.mark.parametrize("override,message", [
     ("method.attack.eps_init=big", "eps_init must be a positive number or auto"),
     ("method.attack.norm=l3", "norm l2 or linf"),
     ("method.attack.steps=0", "steps must be >= 1"),
     ("method.salun_ratio=1.5", "salun_ratio must be > 0.0 and <= 1.0"),
+    ("method.attack.kind=fgsm method.attack.eps_init=auto", "eps_init=auto searches with PGD"),
 ])
 def test_bad_attack_configs_fail_before_training(make_cfg, tmp_path, override, message):
     from runner.config import ConfigError
     with pytest.raises(ConfigError, match=message):
-        execute(make_cfg(*FAST, "method=amun", override), tmp_path / "run")
+        execute(make_cfg(*FAST, "method=amun", *override.split()), tmp_path / "run")
