@@ -36,8 +36,6 @@ import torch
 from . import builtin, images, readers
 from .readers import Arrays, DatasetError
 
-__all__ = ["Dataset", "DatasetError", "READER_VERSION", "SOURCES_BY_NAME", "fingerprint_of", "load"]
-
 # Bump when a reader's output for the same files changes, so old cache entries are not reused.
 READER_VERSION = 1
 
@@ -111,10 +109,8 @@ def fingerprint_of(train_x: torch.Tensor, train_y: torch.Tensor,
 
 
 def _tensor(array: np.ndarray, dtype: np.dtype) -> torch.Tensor:
-    array = np.ascontiguousarray(array, dtype=dtype)
-    if not array.flags.writeable:  # torch warns on read-only numpy memory
-        array = array.copy()
-    return torch.from_numpy(array)
+    array = np.ascontiguousarray(array, dtype=dtype)  # torch warns on read-only numpy memory:
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
 
 
 def _dataset(name: str, arrays: Arrays) -> Dataset:

@@ -42,6 +42,8 @@ def check_spec(spec, num_classes: int) -> None:
     kind = spec.get("kind")
     if kind == "random":
         _check_size(spec.get("fraction"), spec.get("count"))
+        if not isinstance(spec.get("seed"), int):
+            raise SplitError(f"forget.seed must be an integer, got {spec.get('seed')!r}")
     elif kind == "class":
         class_id = spec.get("class_id")
         if class_id is None or not 0 <= class_id < num_classes:

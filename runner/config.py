@@ -14,7 +14,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from data.splits import SplitError, check_spec
@@ -28,64 +28,82 @@ class ConfigError(ValueError):
     """The composed configuration cannot describe a run."""
 
 
+# Schemas of the data-describing groups. Required fields have no default (MISSING): the YAML is
+# the only source of values, and a key deleted from it fails validation instead of being filled.
 @dataclass
 class Schedule:
-    name: str = "step"
+    name: str = MISSING
     step_size: Optional[int] = None
     gamma: Optional[float] = None
 
 
 @dataclass
 class TrainRecipe:
-    epochs: int = 1
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
-    schedule: Schedule = field(default_factory=Schedule)
-    precision: str = "fp32"
-    channels_last: bool = False
+    epochs: int = MISSING
+    batch_size: int = MISSING
+    lr: float = MISSING
+    momentum: float = MISSING
+    weight_decay: float = MISSING
+    nesterov: bool = MISSING
+    schedule: Schedule = MISSING
+    precision: str = MISSING
+    channels_last: bool = MISSING
 
 
 @dataclass
 class AugmentSpec:
-    crop_pad: int = 0
-    flip: bool = False
+    crop_pad: int = MISSING
+    flip: bool = MISSING
 
 
 @dataclass
 class DatasetSpec:
-    name: str = "digits"
-    source: str = "auto"
-    root: str = "datasets"
-    download: bool = False
+    name: str = MISSING
+    source: str = MISSING
+    root: str = MISSING
+    download: bool = MISSING
     options: dict = field(default_factory=dict)
-    channels: int = 1
-    image_size: int = 8
-    num_classes: int = 10
-    mean: list = field(default_factory=list)
-    std: list = field(default_factory=list)
-    augment: AugmentSpec = field(default_factory=AugmentSpec)
+    channels: int = MISSING
+    image_size: int = MISSING
+    num_classes: int = MISSING
+    mean: list = MISSING
+    std: list = MISSING
+    augment: AugmentSpec = MISSING
 
 
 @dataclass
 class ForgetSpec:
-    kind: str = "random"
+    kind: str = MISSING
     fraction: Optional[float] = None
     count: Optional[int] = None
-    seed: int = 1
+    seed: Optional[int] = None
     class_id: Optional[int] = None
 
 
-def _check_schema(cfg: DictConfig, key: str, schema: type) -> None:
-    """Merge cfg[key] onto its schema (unknown keys and wrong types fail) and keep the typed result."""
+@dataclass
+class AttackSpec:
+    kind: str = MISSING
+    norm: str = MISSING
+    eps_init: Any = MISSING  # a positive number or "auto"
+    auto_base: float = MISSING
+    steps: int = MISSING
+    max_doublings: int = MISSING
+    batch_size: int = MISSING
+
+
+def _typed(parent: DictConfig, key: str, schema: type, where: str) -> DictConfig:
+    """Merge parent[key] onto its schema (unknown keys, wrong types and missing keys fail) and put
+    the typed result in its place."""
     try:
-        typed = OmegaConf.merge(OmegaConf.structured(schema), cfg[key])
+        typed = OmegaConf.merge(OmegaConf.structured(schema), parent[key])
     except OmegaConfBaseException as err:
-        raise ConfigError(f"config group '{key}': {err}".splitlines()[0] + "\n" + str(err)) from None
-    with open_dict(cfg):
-        cfg[key] = typed
+        raise ConfigError(f"{where}: {err}".splitlines()[0] + "\n" + str(err)) from None
+    with open_dict(parent):
+        parent[key] = typed  # attached first: its interpolations resolve against the root
+    missing = sorted(OmegaConf.missing_keys(parent[key]))
+    if missing:
+        raise ConfigError(f"{where}: missing keys {missing}")
+    return parent[key]
 
 
 def _target(node: DictConfig, where: str) -> Callable:
@@ -163,7 +181,7 @@ def validate(cfg: DictConfig) -> None:
     """Raise ConfigError on anything that would fail later; loads no data. The data-describing
     groups are replaced by their typed form (so `train.lr=1` is the float 1.0 everywhere)."""
     for key, schema in (("train", TrainRecipe), ("dataset", DatasetSpec), ("forget", ForgetSpec)):
-        _check_schema(cfg, key, schema)
+        _typed(cfg, key, schema, f"config group '{key}'")
     ds, forget, train = cfg.dataset, cfg.forget, cfg.train
     if len(ds.mean) != ds.channels or len(ds.std) != ds.channels:
         raise ConfigError(f"dataset.mean/std need {ds.channels} values (one per channel)")
@@ -205,25 +223,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
 
 
-@dataclass
-class AttackSpec:
-    kind: str = "pgd"
-    norm: str = "l2"
-    eps_init: Any = 0.04
-    auto_base: float = 0.01
-    steps: int = 50
-    max_doublings: int = 10
-    batch_size: int = 512
-
-
 def _check_attack(method: DictConfig) -> None:
     """The attack that builds an adversarial set: typed, and its choices and ranges sane."""
     if "attack" not in method:
         raise ConfigError(f"method {method.name} needs an `attack` block (see conf/method/amun.yaml)")
-    try:
-        attack = OmegaConf.merge(OmegaConf.structured(AttackSpec), method.attack)
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"method.attack: {err}".splitlines()[0]) from None
+    attack = _typed(method, "attack", AttackSpec, "method.attack")
     if attack.kind not in ("pgd", "fgsm") or attack.norm not in ("l2", "linf"):
         raise ConfigError("method.attack.kind must be pgd or fgsm and norm l2 or linf, got "
                           f"{attack.kind!r} and {attack.norm!r}")

@@ -36,25 +36,28 @@ class EvalContext:
     num_classes: int
     batch_size: int = 1024
     _logits: dict = field(default_factory=dict, repr=False)
+    _subsets: dict = field(default_factory=dict, repr=False)
 
-    def _index(self, name: str) -> torch.Tensor | None:
-        if name == "test":
-            return None
-        idx = self.split.forget_idx if name == "forget" else self.split.retain_idx
-        return torch.as_tensor(idx, device=self.train_x.device)
+    def subset(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and labels of "forget", "retain" or "test", gathered once per run."""
+        if name not in self._subsets:
+            if name == "test":
+                self._subsets[name] = (self.test_x, self.test_y)
+            else:
+                idx = self.split.forget_idx if name == "forget" else self.split.retain_idx
+                idx = torch.as_tensor(idx, device=self.train_x.device)
+                self._subsets[name] = (self.train_x[idx], self.train_y[idx])
+        return self._subsets[name]
 
     def logits(self, model: torch.nn.Module, name: str) -> torch.Tensor:
-        """Memoized logits of `model` on "forget", "retain" or "test" (keyed by the model object)."""
+        """Memoized logits of `model` on a subset (keyed by the model object)."""
         key = (id(model), name)
         if key not in self._logits:
-            idx = self._index(name)
-            images = self.test_x if idx is None else self.train_x[idx]
-            self._logits[key] = (model, predict(model, images, self.batch_size))
+            self._logits[key] = (model, predict(model, self.subset(name)[0], self.batch_size))
         return self._logits[key][1]
 
     def labels(self, name: str) -> torch.Tensor:
-        idx = self._index(name)
-        return self.test_y if idx is None else self.train_y[idx]
+        return self.subset(name)[1]
 
     def forget_model(self, model: torch.nn.Module) -> None:
         """Drop memoized outputs of `model` (call when it is done or about to change)."""
