@@ -90,10 +90,44 @@ class Dataset:
                        self.test_x.to(device), self.test_y.to(device), self.classes,
                        self.fingerprint)
 
+    def subset(self, train: int | None, test: int | None, seed: int = 0) -> "Dataset":
+        """A class-balanced random subset: `train` (`test`) images, the same number from every
+        class, drawn with `np.random.RandomState(seed)` and kept in their original order. None
+        keeps a split whole. The fingerprint is the subset's own, so models trained on different
+        subsets never share a cache entry."""
+        parts = []
+        for split, n, y in (("train", train, self.train_y), ("test", test, self.test_y)):
+            parts.append(None if n is None else _balanced(split, n, y.cpu().numpy(),
+                                                          self.num_classes, seed))
+        if train is None and test is None:
+            return self
+        pick = [(x if i is None else x[torch.as_tensor(i, device=x.device)],
+                 y if i is None else y[torch.as_tensor(i, device=y.device)])
+                for i, (x, y) in zip(parts, ((self.train_x, self.train_y),
+                                             (self.test_x, self.test_y)))]
+        tensors = (pick[0][0].contiguous(), pick[0][1], pick[1][0].contiguous(), pick[1][1])
+        return Dataset(self.name, *tensors, classes=self.classes,
+                       fingerprint=fingerprint_of(*(t.cpu() for t in tensors)))
+
     def __repr__(self) -> str:
         return (f"Dataset({self.name!r}, train={len(self.train_y)}, test={len(self.test_y)}, "
                 f"shape={self.shape}, classes={self.num_classes}, "
                 f"fingerprint={self.fingerprint[:12]}...)")
+
+
+def _balanced(split: str, n: int, y: np.ndarray, num_classes: int, seed: int) -> np.ndarray:
+    """Sorted indices of n samples, n / num_classes from each class."""
+    if n < num_classes or n % num_classes:
+        raise ValueError(f"subset.{split}={n}: must be a positive multiple of the "
+                         f"{num_classes} classes (the subset is class-balanced)")
+    per_class, rng, chosen = n // num_classes, np.random.RandomState(seed), []
+    for c in range(num_classes):
+        members = np.flatnonzero(y == c)
+        if len(members) < per_class:
+            raise ValueError(f"subset.{split}={n} needs {per_class} images of class {c}; the "
+                             f"{split} split has {len(members)}")
+        chosen.append(rng.choice(members, per_class, replace=False))
+    return np.sort(np.concatenate(chosen))
 
 
 def fingerprint_of(train_x: torch.Tensor, train_y: torch.Tensor,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 from data.loader import Augment, Batches, Relabel
@@ -28,6 +29,9 @@ class UnlearnData:
     # AMUN's D_A: float images in [0, 1] and the original model's wrong labels on them, built by
     # the runner (and cached) for methods that declare `unlearn.needs_adversarial = True`.
     adversarial: tuple[torch.Tensor, torch.Tensor] | None = None
+    # Where the forget (retain) samples sit in the training set; retain_idx is None with no D_R.
+    forget_idx: np.ndarray | None = None
+    retain_idx: np.ndarray | None = None
 
     def retain(self, method: str) -> tuple[torch.Tensor, torch.Tensor]:
         if self.retain_x is None:

@@ -48,6 +48,10 @@ def execute(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
 
 def print_summary(result: dict) -> None:
     columns, rows = summary_rows(result)
+    for entry in result.get("requests", []):
+        log.info("request %d: %d forgotten, forget_acc %.2f, avg_gap %.2f", entry["request"],
+                 entry["n_forget"], entry["metrics"]["unlearned"].get("forget_acc", float("nan")),
+                 entry["avg_gap"])
     log.info("%s | avg_gap %.2f | cache hits %s", result["name"], result["avg_gap"],
              result["cache_hits"])
     log.info("  ".join(f"{c:>12}" for c in columns))

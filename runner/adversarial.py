@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,21 +31,40 @@ def _attack(attack: DictConfig, model, x, y, eps_init: float):
                         max_doublings=attack.max_doublings, batch_size=attack.batch_size)
 
 
-def build(attack: DictConfig, cache: Cache, original: torch.nn.Module, original_key: str,
-          forget_x: torch.Tensor, forget_y: torch.Tensor,
-          forget_idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, dict, bool]:
-    """(x_adv, y_adv) of the forget samples the attack fooled, a summary of the search, and
-    whether it came from the cache."""
+@dataclass
+class AdversarialSet:
+    """The attack's outcome for each forget sample, in forget order, on the run's device."""
+
+    x_adv: torch.Tensor     # float (n, C, H, W) in [0, 1]
+    y_adv: torch.Tensor     # the model's (wrong) prediction on x_adv
+    eps: torch.Tensor       # the smallest radius that fooled the model
+    success: torch.Tensor   # bool: fooled within max_doublings
+    model_calls: int        # samples the model saw while building it, eps_init search included
+    eps_init: float
+    cache_key: str
+    hit: bool
+
+    def take(self, positions: slice | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """D_A of the forget samples at `positions` (all by default): the fooled ones only."""
+        rows = slice(None) if positions is None else positions
+        ok = self.success[rows]
+        return self.x_adv[rows][ok], self.y_adv[rows][ok]
+
+
+def build(attack: DictConfig, cache: Cache, model: torch.nn.Module, model_key: str,
+          forget_x: torch.Tensor, forget_y: torch.Tensor, forget_idx: np.ndarray) -> AdversarialSet:
+    """The adversarial examples of the forget samples against `model` (whose cache key, or
+    `state_digest`, is `model_key`), through the cache."""
     # The forget indices in sampler order: eps_init auto looks at the first AUTO_SAMPLES of them.
     ordered = hashlib.sha256(np.asarray(forget_idx, dtype=np.int64).tobytes()).hexdigest()
-    spec = {"original": original_key, "attack": OmegaConf.to_container(attack, resolve=True),
+    spec = {"original": model_key, "attack": OmegaConf.to_container(attack, resolve=True),
             "forget_idx_sha256_ordered": ordered, "n_forget": int(len(forget_idx)),
             "code": ATTACK_CODE}
 
     def write(directory: Path) -> None:
         # Count every sample the model sees, the eps_init search included (the papers' cost).
         calls = [0]
-        handle = original.register_forward_hook(lambda m, inputs, out: calls.__setitem__(
+        handle = model.register_forward_hook(lambda m, inputs, out: calls.__setitem__(
             0, calls[0] + len(inputs[0])))
         try:
             _search(directory, calls)
@@ -55,34 +75,44 @@ def build(attack: DictConfig, cache: Cache, original: torch.nn.Module, original_
         x = to_float(forget_x)
         eps_init = attack.eps_init
         if eps_init == "auto":
-            eps_init = auto_eps_init(original, x[:AUTO_SAMPLES], forget_y[:AUTO_SAMPLES],
+            eps_init = auto_eps_init(model, x[:AUTO_SAMPLES], forget_y[:AUTO_SAMPLES],
                                      base=attack.auto_base, norm=attack.norm,
                                      steps=attack.steps, max_doublings=attack.max_doublings,
                                      batch_size=attack.batch_size)
             log.info("eps_init auto: %g", eps_init)
-        res = _attack(attack, original, x, forget_y, float(eps_init))
+        res = _attack(attack, model, x, forget_y, float(eps_init))
         torch.save({"x_adv": res.x_adv.cpu(), "y_adv": res.y_adv.cpu(), "eps": res.eps.cpu(),
                     "success": res.success.cpu(), "model_calls": torch.tensor(calls[0]),
                     "eps_init": torch.tensor(float(eps_init))}, directory / "adversarial.pt")
 
     path, key, hit = cache.get_or_build("adversarial", spec, write)
     blob = torch.load(path / "adversarial.pt", map_location=forget_x.device, weights_only=True)
-    ok, eps = blob["success"], blob["eps"]
-    summary = {
-        "cache_key": key, "eps_init": float(blob["eps_init"]),
-        "model_calls_per_sample": float(blob["model_calls"]) / max(len(eps), 1),
+    adv = AdversarialSet(blob["x_adv"], blob["y_adv"], blob["eps"], blob["success"],
+                         int(blob["model_calls"]), float(blob["eps_init"]), key, hit)
+    log.info("adversarial set: %.1f model calls per forget sample, %.1f%% fooled, eps_init %g",
+             adv.model_calls / max(len(adv.eps), 1), float(adv.success.float().mean()) * 100,
+             adv.eps_init)
+    if not adv.success.all():
+        log.warning("adversarial set: %d forget samples were never fooled; D_A leaves them out",
+                    int((~adv.success).sum()))
+    return adv
+
+
+def summarize(sets: list[AdversarialSet]) -> dict:
+    """What a run reports about the adversarial sets it used (one, or one per request)."""
+    eps = torch.cat([s.eps for s in sets]).cpu()
+    ok = torch.cat([s.success for s in sets]).cpu()
+    inits = sorted({s.eps_init for s in sets})
+    return {
+        "cache_key": sets[0].cache_key if len(sets) == 1 else [s.cache_key for s in sets],
+        "eps_init": inits[0] if len(inits) == 1 else inits,
+        "model_calls_per_sample": sum(s.model_calls for s in sets) / max(len(eps), 1),
         "success_rate": float(ok.float().mean()) * 100.0,
         "eps_quantiles": {q: float(eps[ok].quantile(q / 100)) if ok.any() else None
                           for q in (5, 50, 95, 100)},
-        "eps_histogram": {f"{v:g}": int(c) for v, c in zip(*np.unique(eps[ok].cpu().numpy(),
+        "eps_histogram": {f"{v:g}": int(c) for v, c in zip(*np.unique(eps[ok].numpy(),
                                                                         return_counts=True))},
     }
-    log.info("adversarial set: %.1f model calls per forget sample, %.1f%% fooled, eps_init %g",
-             summary["model_calls_per_sample"], summary["success_rate"], summary["eps_init"])
-    if not ok.all():
-        log.warning("adversarial set: %d forget samples were never fooled; D_A leaves them out",
-                    int((~ok).sum()))
-    return blob["x_adv"][ok], blob["y_adv"][ok], summary, hit
 
 
 def plot_eps_histogram(summary: dict, path: Path) -> None:
@@ -97,7 +127,7 @@ def plot_eps_histogram(summary: dict, path: Path) -> None:
     ax.bar(range(len(radii)), list(summary["eps_histogram"].values()), tick_label=radii)
     ax.set_xlabel("smallest eps fooling the original model")
     ax.set_ylabel("forget samples")
-    ax.set_title(f"eps_init {summary['eps_init']:g}, "
+    ax.set_title(f"eps_init {summary['eps_init']}, "
                  f"{summary['model_calls_per_sample']:.1f} model calls per sample", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -140,3 +140,14 @@ def load_model(directory: Path, model: torch.nn.Module) -> torch.nn.Module:
                        weights_only=True)
     model.load_state_dict(state)
     return model.eval()
+
+
+def state_digest(model: torch.nn.Module) -> str:
+    """sha256 over a model's state (names, dtypes, shapes, bytes): the key of a model that is not
+    itself a cache artifact, such as the model after an unlearning request."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        array = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{array.dtype}:{list(array.shape)};".encode())
+        h.update(array.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -20,8 +20,9 @@ from omegaconf.errors import OmegaConfBaseException
 from data.splits import SplitError, check_spec
 
 # Keys of a partial's node that are not keyword arguments of its target. A method's `use_retain`
-# tells the runner whether to hand it the retain set at all.
-RESERVED = {"_target_", "_partial_", "name", "use_retain", "attack"}
+# tells the runner whether to hand it the retain set at all; `attack` and `adversarial_from` tell it
+# how to build an adversarial set (AMUN).
+RESERVED = {"_target_", "_partial_", "name", "use_retain", "attack", "adversarial_from"}
 
 
 class ConfigError(ValueError):
@@ -57,6 +58,13 @@ class AugmentSpec:
 
 
 @dataclass
+class SubsetSpec:
+    train: Optional[int] = MISSING
+    test: Optional[int] = MISSING
+    seed: int = MISSING
+
+
+@dataclass
 class DatasetSpec:
     name: str = MISSING
     source: str = MISSING
@@ -69,6 +77,7 @@ class DatasetSpec:
     mean: list = MISSING
     std: list = MISSING
     augment: AugmentSpec = MISSING
+    subset: SubsetSpec = MISSING
 
 
 @dataclass
@@ -185,6 +194,11 @@ def validate(cfg: DictConfig) -> None:
     ds, forget, train = cfg.dataset, cfg.forget, cfg.train
     if len(ds.mean) != ds.channels or len(ds.std) != ds.channels:
         raise ConfigError(f"dataset.mean/std need {ds.channels} values (one per channel)")
+    for split in ("train", "test"):
+        n = ds.subset[split]
+        if n is not None and (n < ds.num_classes or n % ds.num_classes):
+            raise ConfigError(f"dataset.subset.{split}={n}: must be a positive multiple of the "
+                              f"{ds.num_classes} classes (the subset is class-balanced)")
     try:
         check_spec(forget, ds.num_classes)
     except SplitError as err:
@@ -197,6 +211,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"train.schedule.name must be step, cosine or constant, got "
                           f"{train.schedule.name!r}")
     _check_ranges(dict(train), "train")
+    if isinstance(cfg.requests, bool) or not isinstance(cfg.requests, int) or cfg.requests < 1:
+        raise ConfigError(f"requests must be an integer >= 1, got {cfg.requests!r}")
     if cfg.eval_batch_size < 1:
         raise ConfigError(f"eval_batch_size must be >= 1, got {cfg.eval_batch_size}")
     method = check_partial(cfg.method, "method", n_positional=2)
@@ -227,6 +243,10 @@ def _check_attack(method: DictConfig) -> None:
     """The attack that builds an adversarial set: typed, and its choices and ranges sane."""
     if "attack" not in method:
         raise ConfigError(f"method {method.name} needs an `attack` block (see conf/method/amun.yaml)")
+    if method.get("adversarial_from") not in ("original", "current"):
+        raise ConfigError("method.adversarial_from must be original (reuse the original model's "
+                          "adversarial set) or current (rebuild it per request), got "
+                          f"{method.get('adversarial_from')!r}")
     attack = _typed(method, "attack", AttackSpec, "method.attack")
     if attack.kind not in ("pgd", "fgsm") or attack.norm not in ("l2", "linf"):
         raise ConfigError("method.attack.kind must be pgd or fgsm and norm l2 or linf, got "

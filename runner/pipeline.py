@@ -20,10 +20,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from data import datasets
 from data.loader import Augment, Batches
-from data.splits import index_digest, make_split
+from data.splits import Split, index_digest, make_split
 from methods.common import UnlearnData
 from runner import adversarial
-from runner.cache import Cache, code_fingerprint, load_model, save_model
+from runner.cache import Cache, code_fingerprint, load_model, save_model, state_digest
 from runner.config import ConfigError, build_model, instantiate_partial
 from runner.evaluate import EvalContext, avg_gap
 from runner.train import fit, make_scheduler, sgd
@@ -62,6 +62,10 @@ def load_dataset(cfg: DictConfig) -> datasets.Dataset:
     d = cfg.dataset
     ds = datasets.load(d.name, root=d.root, source=d.source, download=d.download,
                        cache_dir=cfg.paths.cache_dir, **OmegaConf.to_container(d.options))
+    try:
+        ds = ds.subset(d.subset.train, d.subset.test, seed=d.subset.seed)
+    except ValueError as err:
+        raise ConfigError(f"dataset.{err}") from None
     expected = (d.channels, d.image_size, d.image_size)
     if ds.shape != expected or ds.num_classes != d.num_classes:
         raise ConfigError(f"dataset {d.name} has images {ds.shape} and {ds.num_classes} classes; "
@@ -123,65 +127,129 @@ def train_or_load(cfg: DictConfig, cache: Cache, kind: str, ds: datasets.Dataset
     return load_model(path, model) if hit else model.eval()
 
 
+def request_chunks(forget_idx: np.ndarray, requests: int) -> list[np.ndarray]:
+    """The forget set as `requests` consecutive unlearning requests (sizes differ by at most one),
+    in the sampler's order: request k forgets chunk k."""
+    if not 1 <= requests <= len(forget_idx):
+        raise ConfigError(f"requests={requests}: the forget set has {len(forget_idx)} samples; "
+                          "each request needs at least one")
+    return np.array_split(np.asarray(forget_idx), requests)
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """Run every stage and return the result that metrics.json and the logger record."""
+    """Run every stage and return the result that metrics.json and the logger record.
+
+    With `requests=k > 1` the forget set arrives as k consecutive requests. Request j unlearns
+    chunk j from the model that request j-1 left, with D_R = the training set minus chunks 1..j
+    (samples forgotten earlier are gone for good). After each request the evaluators run on that
+    model, on the oracle retrained without chunks 1..j, and on the original, with the forget set =
+    chunks 1..j. An AMUN run takes D_A from the original model's adversarial set
+    (`adversarial_from: original`) or rebuilds it for the chunk on the current model (`current`,
+    AMUN-A). The top-level metrics are those after the last request."""
     state = RunState()
     device = resolve_device(cfg.device)
     cache = Cache(cfg.paths.cache_dir)
     with state.stage("data"):
         ds = load_dataset(cfg)
         split = make_split(cfg.forget, ds.train_y.numpy(), ds.num_classes)
+        chunks = request_chunks(split.forget_idx, cfg.requests)
         np.save(run_dir / "forget_idx.npy", split.forget_idx)
         ds = ds.to(device)
     with state.stage("original"):
         original = train_or_load(cfg, cache, "original", ds, np.arange(len(ds.train_y)), device, state)
-    with state.stage("retrain"):
-        oracle = train_or_load(cfg, cache, "retrain", ds, split.retain_idx, device, state)
 
-    use_retain = cfg.method.use_retain
-    forget_idx = torch.as_tensor(split.forget_idx, device=device)
-    retain_idx = torch.as_tensor(split.retain_idx, device=device)
-    data = UnlearnData(
-        forget_x=ds.train_x[forget_idx], forget_y=ds.train_y[forget_idx],
-        retain_x=ds.train_x[retain_idx] if use_retain else None,
-        retain_y=ds.train_y[retain_idx] if use_retain else None,
-        num_classes=ds.num_classes, augment=Augment(**cfg.dataset.augment), seed=cfg.seed,
-        precision=cfg.train.precision, channels_last=cfg.train.channels_last,
-        # Only a method with D_R may have the model trained on D_R (retrain returns it).
-        train_from_scratch=(lambda: copy.deepcopy(oracle)) if use_retain else None)
     unlearn = instantiate_partial(cfg.method, "method", n_positional=2)
-    extra = {}
-    if getattr(unlearn.func, "needs_adversarial", False):
+    evaluators = [instantiate_partial(node, f"eval.evaluators.{name}", n_positional=2)
+                  for name, node in cfg.eval.evaluators.items()]
+    adversarial_sets = []
+    if getattr(unlearn.func, "needs_adversarial", False) and cfg.method.adversarial_from == "original":
         with state.stage("adversarial"):
-            adv_x, adv_y, extra["adversarial"], hit = adversarial.build(
-                cfg.method.attack, cache, original, state.cache_keys["original"],
-                data.forget_x, data.forget_y, split.forget_idx)
-            state.cache_keys["adversarial"], state.cache_hits["adversarial"] = (
-                extra["adversarial"]["cache_key"], hit)
-            data.adversarial = (adv_x, adv_y)
-            adversarial.plot_eps_histogram(extra["adversarial"], run_dir / "adversarial_eps.png")
-    with state.stage("unlearn"):
-        torch.manual_seed(cfg.seed)
-        unlearned = unlearn(copy.deepcopy(original), data).eval()
+            idx = torch.as_tensor(split.forget_idx, device=device)
+            full = adversarial.build(cfg.method.attack, cache, original, state.cache_keys["original"],
+                                     ds.train_x[idx], ds.train_y[idx], split.forget_idx)
+            adversarial_sets.append(full)
+    model, reports, start = original, [], 0
+    for k, chunk in enumerate(chunks, 1):
+        tag = "" if len(chunks) == 1 else f"/{k}"
+        forgotten = split.forget_idx[:start + len(chunk)]
+        sub = Split(split.kind, forgotten, np.setdiff1d(np.arange(len(ds.train_y)), forgotten),
+                    split.class_id)
+        with state.stage("retrain" + tag):
+            oracle = train_or_load(cfg, cache, "retrain", ds, sub.retain_idx, device, state)
+        data = _unlearn_data(cfg, ds, chunk, sub.retain_idx, oracle, device)
+        if getattr(unlearn.func, "needs_adversarial", False):
+            if cfg.method.adversarial_from == "original":
+                data.adversarial = full.take(slice(start, start + len(chunk)))
+            else:
+                with state.stage("adversarial" + tag):
+                    key = state.cache_keys["original"] if k == 1 else state_digest(model)
+                    adv = adversarial.build(cfg.method.attack, cache, model, key,
+                                            data.forget_x, data.forget_y, chunk)
+                adversarial_sets.append(adv)
+                data.adversarial = adv.take()
+        with state.stage("unlearn" + tag):
+            torch.manual_seed(cfg.seed + k - 1)
+            model = unlearn(copy.deepcopy(model), data).eval()
+        with state.stage("evaluate" + tag):
+            metrics = _evaluate(cfg, ds, sub, evaluators,
+                                {"unlearned": model, "retrain": oracle, "original": original})
+        reports.append({"request": k, "n_request": int(len(chunk)), "n_forget": int(len(forgotten)),
+                        "n_retain": int(len(sub.retain_idx)), "forget_idx_sha256": sub.digest("forget"),
+                        "retrain_key": state.cache_keys["retrain"], "metrics": metrics,
+                        "avg_gap": avg_gap(metrics["unlearned"], metrics["retrain"],
+                                           cfg.eval.gap_metrics)})
+        if len(chunks) > 1:
+            log.info("request %d/%d: %d samples forgotten so far, avg_gap %.2f", k, len(chunks),
+                     len(forgotten), reports[-1]["avg_gap"])
+        start += len(chunk)
 
-    evaluators = {name: instantiate_partial(node, f"eval.evaluators.{name}", n_positional=2)
-                  for name, node in cfg.eval.evaluators.items()}
-    ctx = EvalContext(ds.train_x, ds.train_y, ds.test_x, ds.test_y, split, ds.num_classes,
-                      batch_size=cfg.eval_batch_size)
-    metrics = {}
-    with state.stage("evaluate"):
-        for role, model in (("unlearned", unlearned), ("retrain", oracle), ("original", original)):
-            metrics[role] = {}
-            for evaluate in evaluators.values():
-                metrics[role].update(evaluate(model, ctx))
-            ctx.forget_model(model)
-    gap = avg_gap(metrics["unlearned"], metrics["retrain"], cfg.eval.gap_metrics)
+    extra = {}
+    if adversarial_sets:
+        extra["adversarial"] = adversarial.summarize(adversarial_sets)
+        state.cache_keys["adversarial"] = extra["adversarial"]["cache_key"]
+        state.cache_hits["adversarial"] = all(s.hit for s in adversarial_sets)
+        adversarial.plot_eps_histogram(extra["adversarial"], run_dir / "adversarial_eps.png")
+    if len(chunks) > 1:
+        extra["requests"] = reports
+    last = reports[-1]
     return {
-        "method": cfg.method.name, "use_retain": use_retain, "dataset": cfg.dataset.name,
+        "method": cfg.method.name, "use_retain": cfg.method.use_retain, "dataset": cfg.dataset.name,
         "seed": cfg.seed, "forget": OmegaConf.to_container(cfg.forget),
-        "n_forget": int(len(split.forget_idx)), "n_retain": int(len(split.retain_idx)),
-        "forget_idx_sha256": split.digest("forget"),
-        "metrics": metrics, "avg_gap": gap, "gap_metrics": list(cfg.eval.gap_metrics),
+        "n_forget": last["n_forget"], "n_retain": last["n_retain"],
+        "forget_idx_sha256": last["forget_idx_sha256"],
+        "metrics": last["metrics"], "avg_gap": last["avg_gap"],
+        "gap_metrics": list(cfg.eval.gap_metrics),
         "cache_keys": state.cache_keys, "cache_hits": state.cache_hits,
         "stage_seconds": state.stage_seconds, "device": str(device), **extra,
     }
+
+
+def _unlearn_data(cfg: DictConfig, ds: datasets.Dataset, forget_idx: np.ndarray,
+                  retain_idx: np.ndarray, oracle: torch.nn.Module, device) -> UnlearnData:
+    """What the method is given for one request: its forget set, and D_R when it may see it."""
+    use_retain = cfg.method.use_retain
+    f = torch.as_tensor(forget_idx, device=device)
+    r = torch.as_tensor(retain_idx, device=device)
+    return UnlearnData(
+        forget_x=ds.train_x[f], forget_y=ds.train_y[f],
+        retain_x=ds.train_x[r] if use_retain else None,
+        retain_y=ds.train_y[r] if use_retain else None,
+        num_classes=ds.num_classes, augment=Augment(**cfg.dataset.augment), seed=cfg.seed,
+        precision=cfg.train.precision, channels_last=cfg.train.channels_last,
+        # Only a method with D_R may have the model trained on D_R (retrain returns it).
+        train_from_scratch=(lambda: copy.deepcopy(oracle)) if use_retain else None,
+        forget_idx=np.asarray(forget_idx), retain_idx=np.asarray(retain_idx) if use_retain else None)
+
+
+def _evaluate(cfg: DictConfig, ds: datasets.Dataset, split: Split, evaluators: list,
+              models: dict) -> dict:
+    """Every evaluator on every model, on one split."""
+    ctx = EvalContext(ds.train_x, ds.train_y, ds.test_x, ds.test_y, split, ds.num_classes,
+                      batch_size=cfg.eval_batch_size)
+    metrics = {}
+    for role, model in models.items():
+        metrics[role] = {}
+        for evaluate in evaluators:
+            metrics[role].update(evaluate(model, ctx))
+        ctx.forget_model(model)
+    return metrics

@@ -45,6 +45,13 @@ def summary_rows(result: dict) -> tuple[list[str], list[list]]:
     return ["model"] + names, rows
 
 
+def _flat(result: dict) -> dict:
+    """role/metric -> value, and avg_gap, of one evaluation."""
+    flat = {f"{role}/{k}": v for role in ROLES for k, v in result["metrics"].get(role, {}).items()}
+    flat["avg_gap"] = result["avg_gap"]
+    return flat
+
+
 class Logger:
     """W&B when `logger.kind=wandb`, nothing otherwise (metrics.json is always written)."""
 
@@ -64,14 +71,18 @@ class Logger:
     def log_result(self, result: dict) -> None:
         if self.run is None:
             return
-        flat = {f"{role}/{k}": v for role in ROLES for k, v in result["metrics"].get(role, {}).items()}
-        flat["avg_gap"] = result["avg_gap"]
+        # Sequential runs log each request's metrics as one step (x axis: request).
+        for entry in result.get("requests", []):
+            self.run.log({**_flat(entry), "request": entry["request"]})
+        flat = _flat(result)
         flat.update({f"time/{k}": v for k, v in result["stage_seconds"].items()})
         adv = result.get("adversarial")
         if adv is not None:
             flat.update({f"adversarial/{k}": adv[k]
-                         for k in ("model_calls_per_sample", "success_rate", "eps_init")})
-        self.run.log(flat)
+                         for k in ("model_calls_per_sample", "success_rate", "eps_init")
+                         if isinstance(adv[k], (int, float))})
+        if "requests" not in result:
+            self.run.log(flat)
         self.run.summary.update(flat)
         columns, rows = summary_rows(result)
         charts = {"summary_table": self.wandb.Table(columns=columns, data=rows)}
