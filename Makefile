@@ -4,7 +4,7 @@ STAMP   := .venv/.installed
 # The sweep that `make table-demo` tabulates: the newest Hydra sweep dir unless SWEEP=... is given.
 SWEEP   ?= $(shell ls -td outputs/demo outputs/multirun/*/*/ 2>/dev/null | head -1)
 
-.PHONY: help setup demo table-demo table-amun-cifar10 test test-slow clean
+.PHONY: help setup demo table-demo table-amun-cifar10 table-offline test test-slow clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -27,6 +27,18 @@ table-demo: setup  ## table of a sweep dir (SWEEP=dir, default: the newest sweep
 table-amun-cifar10: setup  ## AMUN Table 1 (CIFAR-10, 9 methods x 10%/50% x 3 seeds; a GPU job)
 	$(PY) -m runner -m experiment=amun_table1 $(ARGS)
 	$(PY) -m runner.report outputs/amun_table1
+
+# The AMUN comparison on the offline data (digits, the CIFAR-10 JPEG subset), 3 seeds, with and
+# without D_R: docs/results/. About an hour on a 2-core CPU, mostly the CIFAR subset.
+WITH_DR    := retrain,ft,rl,ga,bs,l1_sparse,salun,amun,amun_salun
+WITHOUT_DR := rl,ga,bs,salun,amun,amun_salun
+table-offline: setup  ## AMUN comparison on digits + CIFAR-10 JPEG subset, 3 seeds (CPU, ~1 h)
+	for ds in digits cifar10_jpeg; do \
+	  $(PY) -m runner -m experiment=compare dataset=$$ds logger=none method=$(WITH_DR) $(ARGS) && \
+	  $(PY) -m runner -m experiment=compare dataset=$$ds logger=none method=$(WITHOUT_DR) \
+	      method.use_retain=false $(ARGS) && \
+	  $(PY) -m runner.report outputs/compare/$$ds || exit 1; \
+	done
 
 test: setup  ## the test suite (fast CPU tests)
 	$(PY) -m pytest -q

@@ -40,6 +40,7 @@ class AdversarialSet:
     eps: torch.Tensor       # the smallest radius that fooled the model
     success: torch.Tensor   # bool: fooled within max_doublings
     model_calls: int        # samples the model saw while building it, eps_init search included
+    search_calls: int       # of which the eps_init auto search
     eps_init: float
     cache_key: str
     hit: bool
@@ -80,18 +81,22 @@ def build(attack: DictConfig, cache: Cache, model: torch.nn.Module, model_key: s
                                      steps=attack.steps, max_doublings=attack.max_doublings,
                                      batch_size=attack.batch_size)
             log.info("eps_init auto: %g", eps_init)
+        search_calls = calls[0]
         res = _attack(attack, model, x, forget_y, float(eps_init))
         torch.save({"x_adv": res.x_adv.cpu(), "y_adv": res.y_adv.cpu(), "eps": res.eps.cpu(),
                     "success": res.success.cpu(), "model_calls": torch.tensor(calls[0]),
+                    "search_calls": torch.tensor(search_calls),
                     "eps_init": torch.tensor(float(eps_init))}, directory / "adversarial.pt")
 
     path, key, hit = cache.get_or_build("adversarial", spec, write)
     blob = torch.load(path / "adversarial.pt", map_location=forget_x.device, weights_only=True)
     adv = AdversarialSet(blob["x_adv"], blob["y_adv"], blob["eps"], blob["success"],
-                         int(blob["model_calls"]), float(blob["eps_init"]), key, hit)
-    log.info("adversarial set: %.1f model calls per forget sample, %.1f%% fooled, eps_init %g",
-             adv.model_calls / max(len(adv.eps), 1), float(adv.success.float().mean()) * 100,
-             adv.eps_init)
+                         int(blob["model_calls"]), int(blob["search_calls"]),
+                         float(blob["eps_init"]), key, hit)
+    n = max(len(adv.eps), 1)
+    log.info("adversarial set: %.1f model forward+backward calls per forget sample (%.1f of them "
+             "choosing eps_init), %.1f%% fooled, eps_init %g", adv.model_calls / n,
+             adv.search_calls / n, float(adv.success.float().mean()) * 100, adv.eps_init)
     if not adv.success.all():
         log.warning("adversarial set: %d forget samples were never fooled; D_A leaves them out",
                     int((~adv.success).sum()))
@@ -107,6 +112,7 @@ def summarize(sets: list[AdversarialSet]) -> dict:
         "cache_key": sets[0].cache_key if len(sets) == 1 else [s.cache_key for s in sets],
         "eps_init": inits[0] if len(inits) == 1 else inits,
         "model_calls_per_sample": sum(s.model_calls for s in sets) / max(len(eps), 1),
+        "eps_search_calls_per_sample": sum(s.search_calls for s in sets) / max(len(eps), 1),
         "success_rate": float(ok.float().mean()) * 100.0,
         "eps_quantiles": {q: float(eps[ok].quantile(q / 100)) if ok.any() else None
                           for q in (5, 50, 95, 100)},

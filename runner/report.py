@@ -23,7 +23,7 @@ import numpy as np
 from runner.results import METRICS_FILE
 
 COLUMNS = ("forget_acc", "retain_acc", "test_acc", "mia_efficacy", "avg_gap")
-METHOD_ORDER = ("retrain", "ft", "rl", "ga")
+METHOD_ORDER = ("retrain", "ft", "rl", "ga", "bs", "l1_sparse", "salun", "amun", "amun_salun", "amun_a")
 
 
 def load_results(root: Path) -> list[dict]:
