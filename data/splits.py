@@ -100,3 +100,13 @@ def _complement(n: int, idx: np.ndarray) -> np.ndarray:
     mask = np.ones(n, dtype=bool)
     mask[idx] = False
     return np.flatnonzero(mask).astype(np.int64)
+
+
+def keep_matrix(num_models: int, population: int, seed: int = 0) -> np.ndarray:
+    """(num_models, population) bool: which population samples reference model m trains on. Each
+    sample is IN for exactly num_models / 2 models (RMIA's and LiRA's code):
+    `np.random.seed(seed); keep = np.random.uniform(0, 1, (M, P)); keep.argsort(0) < M / 2`."""
+    if num_models < 2 or num_models % 2:
+        raise SplitError(f"reference models: need an even number >= 2, got {num_models}")
+    rng = np.random.RandomState(seed)  # the same stream as np.random.seed(seed)
+    return rng.uniform(0, 1, (num_models, population)).argsort(0) < num_models / 2

@@ -211,6 +211,15 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"train.schedule.name must be step, cosine or constant, got "
                           f"{train.schedule.name!r}")
     _check_ranges(dict(train), "train")
+    if cfg.stage not in ("unlearn", "reference"):
+        raise ConfigError(f"stage must be unlearn or reference, got {cfg.stage!r}")
+    ref = cfg.reference
+    if not isinstance(ref.num_models, int) or ref.num_models < 2 or ref.num_models % 2:
+        raise ConfigError(f"reference.num_models must be an even integer >= 2 (each sample is IN "
+                          f"for exactly half), got {ref.num_models!r}")
+    if ref.index is not None and not (isinstance(ref.index, int) and 0 <= ref.index < ref.num_models):
+        raise ConfigError(f"reference.index must be null or in [0, {ref.num_models - 1}], "
+                          f"got {ref.index!r}")
     if isinstance(cfg.requests, bool) or not isinstance(cfg.requests, int) or cfg.requests < 1:
         raise ConfigError(f"requests must be an integer >= 1, got {cfg.requests!r}")
     if cfg.eval_batch_size < 1:
@@ -227,6 +236,14 @@ def validate(cfg: DictConfig) -> None:
     for name, node in cfg.eval.evaluators.items():
         check_partial(node, f"eval.evaluators.{name}", n_positional=2)
         _check_ranges(dict(node), f"eval.evaluators.{name}")
+        shadows = node.get("num_shadows")
+        if shadows is not None and not 1 <= shadows <= cfg.reference.num_models:
+            raise ConfigError(f"eval.evaluators.{name}.num_shadows={shadows}: the shadows are "
+                              f"reference models, so 1 .. reference.num_models "
+                              f"({cfg.reference.num_models})")
+        if shadows is not None and cfg.requests > 1:
+            raise ConfigError(f"eval.evaluators.{name} (shadow models) evaluates one-shot "
+                              "unlearning; it cannot run with requests > 1")
     unknown_gap = set(cfg.eval.gap_metrics) - _metric_names(cfg)
     if unknown_gap:
         raise ConfigError(f"eval.gap_metrics names {sorted(unknown_gap)}, which no evaluator "

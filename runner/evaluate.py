@@ -8,6 +8,8 @@ large batches under `torch.inference_mode`, and shared by all evaluators.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -35,8 +37,39 @@ class EvalContext:
     split: Split
     num_classes: int
     batch_size: int = 1024
+    # For membership attacks on the population (train + test, in that order): the reference models'
+    # outputs (a callable, so runs without such an evaluator train none), and a cache of the
+    # population logits of models that have a cache key (`model_keys`: id(model) -> key).
+    reference: Callable[[], Any] | None = None
+    logit_cache: Callable[[str, Callable[[], np.ndarray]], np.ndarray] | None = None
+    model_keys: dict = field(default_factory=dict)
+    shadows: Callable[[int], Any] | None = None  # U-LiRA: number of shadows -> their outputs
+    oracle: torch.nn.Module | None = None        # the run's retrain oracle
+    run_dir: Path | None = None  # where evaluators may write plots
+    role: str = ""               # the role of the model being evaluated (unlearned, retrain, ...)
     _logits: dict = field(default_factory=dict, repr=False)
     _subsets: dict = field(default_factory=dict, repr=False)
+    _memo: dict = field(default_factory=dict, repr=False)
+
+    def memo(self, key, compute: Callable[[], Any]) -> Any:
+        """compute() once per run and key: for values that do not depend on the evaluated model."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def population_logits(self, model: torch.nn.Module) -> np.ndarray:
+        """float32 (P, C) logits of `model` on train + test; from the cache for cached models."""
+        key = (id(model), "population")
+        if key not in self._logits:
+            def compute() -> np.ndarray:
+                x = self.memo("population_x", lambda: torch.cat([self.train_x, self.test_x]))
+                return predict(model, x, self.batch_size).cpu().numpy()
+
+            cache_key = self.model_keys.get(id(model))
+            logits = (self.logit_cache(cache_key, compute)
+                      if cache_key is not None and self.logit_cache is not None else compute())
+            self._logits[key] = (model, logits)
+        return self._logits[key][1]
 
     def subset(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Images and labels of "forget", "retain" or "test", gathered once per run."""

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,112 +16,19 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from data import datasets
-from data.loader import Augment, Batches
-from data.splits import Split, index_digest, make_split
+from data.loader import Augment
+from data.splits import Split, make_split
 from methods.common import UnlearnData
 from runner import adversarial
-from runner.cache import Cache, code_fingerprint, load_model, save_model, state_digest
-from runner.config import ConfigError, build_model, instantiate_partial
-from runner.evaluate import EvalContext, avg_gap
-from runner.train import fit, make_scheduler, sgd
+from runner.cache import Cache, state_digest
+from runner.config import ConfigError, instantiate_partial
+from runner.evaluate import EvalContext, avg_gap, predict
+from runner.reference import References, cached_logits
+from runner.shadows import Shadows
+from runner.trained import (TRAINING_CODE, RunState, load_dataset, model_spec,  # noqa: F401
+                            resolve_device, train_or_load)
 
 log = logging.getLogger("runner")
-
-
-@dataclass
-class RunState:
-    """What the run has done so far; becomes metrics.json."""
-
-    stage_seconds: dict = field(default_factory=dict)
-    cache_keys: dict = field(default_factory=dict)
-    cache_hits: dict = field(default_factory=dict)
-
-    @contextmanager
-    def stage(self, name: str):
-        start = time.perf_counter()
-        log.info("stage %s ...", name)
-        yield
-        self.stage_seconds[name] = round(time.perf_counter() - start, 3)
-        log.info("stage %s done in %.1f s", name, self.stage_seconds[name])
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} but no CUDA device is available")
-    return device
-
-
-def load_dataset(cfg: DictConfig) -> datasets.Dataset:
-    """Load the dataset and check it against what its config promised."""
-    d = cfg.dataset
-    ds = datasets.load(d.name, root=d.root, source=d.source, download=d.download,
-                       cache_dir=cfg.paths.cache_dir, **OmegaConf.to_container(d.options))
-    try:
-        ds = ds.subset(d.subset.train, d.subset.test, seed=d.subset.seed)
-    except ValueError as err:
-        raise ConfigError(f"dataset.{err}") from None
-    expected = (d.channels, d.image_size, d.image_size)
-    if ds.shape != expected or ds.num_classes != d.num_classes:
-        raise ConfigError(f"dataset {d.name} has images {ds.shape} and {ds.num_classes} classes; "
-                          f"the config says {expected} and {d.num_classes}")
-    return ds
-
-
-# The code a trained model depends on: its key changes when any of it changes. Taken once, at
-# import, so it describes the code this process runs even if the files are edited meanwhile.
-REPO = Path(__file__).resolve().parent.parent
-TRAINING_CODE = code_fingerprint([*sorted((REPO / "models").glob("*.py")),
-                                  REPO / "runner" / "train.py", REPO / "data" / "loader.py"])
-
-
-def model_spec(cfg: DictConfig, ds: datasets.Dataset, train_idx: np.ndarray) -> dict:
-    """Exactly what determines a model trained from scratch: the cache key's content."""
-    recipe = OmegaConf.to_container(cfg.train, resolve=True)
-    schedule = recipe.pop("schedule")
-    recipe["schedule"] = (schedule if schedule["name"] == "step" else {"name": schedule["name"]})
-    model = OmegaConf.to_container(cfg.model, resolve=True)
-    return {
-        "dataset": {"name": ds.name, "fingerprint": ds.fingerprint,
-                    "augment": OmegaConf.to_container(cfg.dataset.augment)},
-        "model": model,
-        "normalization": ([list(cfg.dataset.mean), list(cfg.dataset.std)]
-                          if model["normalize"] else None),
-        "train": recipe,
-        "seed": cfg.seed,
-        "train_idx_sha256": index_digest(train_idx),
-        "n_train": int(len(train_idx)),
-        "code": TRAINING_CODE,
-    }
-
-
-def train_or_load(cfg: DictConfig, cache: Cache, kind: str, ds: datasets.Dataset,
-                  train_idx: np.ndarray, device: torch.device, state: RunState) -> torch.nn.Module:
-    """A model trained from scratch on `train_idx` with the run's recipe, via the cache."""
-    train_idx = np.sort(train_idx)  # the key is order-free, so the training order must be too
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, cfg.dataset).to(device)
-    recipe = cfg.train
-    if recipe.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-
-    def write(directory: Path) -> None:
-        idx = torch.as_tensor(train_idx, device=device)
-        batches = Batches(ds.train_x[idx], ds.train_y[idx], batch_size=recipe.batch_size,
-                          shuffle=True, seed=cfg.seed, augment=Augment(**cfg.dataset.augment),
-                          channels_last=recipe.channels_last)
-        opt = sgd(model, lr=recipe.lr, momentum=recipe.momentum,
-                  weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
-        sched = make_scheduler(opt, epochs=recipe.epochs, **recipe.schedule)
-        fit(model, batches, epochs=recipe.epochs, optimizer=opt, scheduler=sched,
-            precision=recipe.precision, desc=kind)
-        save_model(directory, model)
-
-    path, key, hit = cache.get_or_build(kind, model_spec(cfg, ds, train_idx), write)
-    state.cache_keys[kind], state.cache_hits[kind] = key, hit
-    return load_model(path, model) if hit else model.eval()
 
 
 def request_chunks(forget_idx: np.ndarray, requests: int) -> list[np.ndarray]:
@@ -161,8 +65,23 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     unlearn = instantiate_partial(cfg.method, "method", n_positional=2)
     evaluators = [instantiate_partial(node, f"eval.evaluators.{name}", n_positional=2)
                   for name, node in cfg.eval.evaluators.items()]
+    # Built on first use: a run whose evaluators need no reference model trains none.
+    refs = References(cfg, cache, ds, device)
+    needs_adv = getattr(unlearn.func, "needs_adversarial", False)
+
+    def unlearn_shadow(model, key, forget_idx, retain_idx, oracle):
+        """The method under test on a shadow model (indices into train + test)."""
+        pool = (torch.cat([ds.train_x, ds.test_x]), torch.cat([ds.train_y, ds.test_y]))
+        data = _unlearn_data(cfg, ds.num_classes, *pool, forget_idx, retain_idx, oracle)
+        if needs_adv:
+            data.adversarial = adversarial.build(cfg.method.attack, cache, model, key, data.forget_x,
+                                                 data.forget_y, forget_idx).take()
+        torch.manual_seed(cfg.seed)
+        return unlearn(copy.deepcopy(model), data).eval()
+
+    shadows = Shadows(cfg, cache, ds, device, refs, split.forget_idx, unlearn_shadow)
     adversarial_sets = []
-    if getattr(unlearn.func, "needs_adversarial", False) and cfg.method.adversarial_from == "original":
+    if needs_adv and cfg.method.adversarial_from == "original":
         with state.stage("adversarial"):
             idx = torch.as_tensor(split.forget_idx, device=device)
             full = adversarial.build(cfg.method.attack, cache, original, state.cache_keys["original"],
@@ -176,8 +95,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                     split.class_id)
         with state.stage("retrain" + tag):
             oracle = train_or_load(cfg, cache, "retrain", ds, sub.retain_idx, device, state)
-        data = _unlearn_data(cfg, ds, chunk, sub.retain_idx, oracle, device)
-        if getattr(unlearn.func, "needs_adversarial", False):
+        data = _unlearn_data(cfg, ds.num_classes, ds.train_x, ds.train_y, chunk, sub.retain_idx,
+                             oracle)
+        if needs_adv:
             if cfg.method.adversarial_from == "original":
                 data.adversarial = full.take(slice(start, start + len(chunk)))
             else:
@@ -191,7 +111,15 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             torch.manual_seed(cfg.seed + k - 1)
             model = unlearn(copy.deepcopy(model), data).eval()
         with state.stage("evaluate" + tag):
-            metrics = _evaluate(cfg, ds, sub, evaluators,
+            ctx = EvalContext(
+                ds.train_x, ds.train_y, ds.test_x, ds.test_y, sub, ds.num_classes,
+                batch_size=cfg.eval_batch_size, reference=refs.outputs, shadows=shadows.outputs,
+                oracle=oracle,
+                logit_cache=lambda key, compute: cached_logits(cache, key, ds.fingerprint, compute),
+                model_keys={id(original): state.cache_keys["original"],
+                            id(oracle): state.cache_keys["retrain"]},
+                run_dir=run_dir if k == len(chunks) else None)  # plots of the final models
+            metrics = _evaluate(ctx, evaluators,
                                 {"unlearned": model, "retrain": oracle, "original": original})
         reports.append({"request": k, "n_request": int(len(chunk)), "n_forget": int(len(forgotten)),
                         "n_retain": int(len(sub.retain_idx)), "forget_idx_sha256": sub.digest("forget"),
@@ -211,6 +139,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         adversarial.plot_eps_histogram(extra["adversarial"], run_dir / "adversarial_eps.png")
     if len(chunks) > 1:
         extra["requests"] = reports
+    if refs.used:
+        extra["reference"] = refs.stats
+    if shadows.used:
+        extra["shadows"] = shadows.stats
     last = reports[-1]
     return {
         "method": cfg.method.name, "use_retain": cfg.method.use_retain, "dataset": cfg.dataset.name,
@@ -224,32 +156,54 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     }
 
 
-def _unlearn_data(cfg: DictConfig, ds: datasets.Dataset, forget_idx: np.ndarray,
-                  retain_idx: np.ndarray, oracle: torch.nn.Module, device) -> UnlearnData:
-    """What the method is given for one request: its forget set, and D_R when it may see it."""
+def _unlearn_data(cfg: DictConfig, num_classes: int, x: torch.Tensor, y: torch.Tensor,
+                  forget_idx: np.ndarray, retain_idx: np.ndarray,
+                  oracle: torch.nn.Module) -> UnlearnData:
+    """What the method is given for one request: its forget set, and D_R when it may see it
+    (indices into x, y)."""
     use_retain = cfg.method.use_retain
-    f = torch.as_tensor(forget_idx, device=device)
-    r = torch.as_tensor(retain_idx, device=device)
+    f = torch.as_tensor(forget_idx, device=x.device)
+    r = torch.as_tensor(retain_idx, device=x.device)
     return UnlearnData(
-        forget_x=ds.train_x[f], forget_y=ds.train_y[f],
-        retain_x=ds.train_x[r] if use_retain else None,
-        retain_y=ds.train_y[r] if use_retain else None,
-        num_classes=ds.num_classes, augment=Augment(**cfg.dataset.augment), seed=cfg.seed,
+        forget_x=x[f], forget_y=y[f],
+        retain_x=x[r] if use_retain else None,
+        retain_y=y[r] if use_retain else None,
+        num_classes=num_classes, augment=Augment(**cfg.dataset.augment), seed=cfg.seed,
         precision=cfg.train.precision, channels_last=cfg.train.channels_last,
         # Only a method with D_R may have the model trained on D_R (retrain returns it).
         train_from_scratch=(lambda: copy.deepcopy(oracle)) if use_retain else None,
         forget_idx=np.asarray(forget_idx), retain_idx=np.asarray(retain_idx) if use_retain else None)
 
 
-def _evaluate(cfg: DictConfig, ds: datasets.Dataset, split: Split, evaluators: list,
-              models: dict) -> dict:
-    """Every evaluator on every model, on one split."""
-    ctx = EvalContext(ds.train_x, ds.train_y, ds.test_x, ds.test_y, split, ds.num_classes,
-                      batch_size=cfg.eval_batch_size)
+def _evaluate(ctx: EvalContext, evaluators: list, models: dict) -> dict:
+    """Every evaluator on every model."""
     metrics = {}
     for role, model in models.items():
+        ctx.role = role
         metrics[role] = {}
         for evaluate in evaluators:
             metrics[role].update(evaluate(model, ctx))
         ctx.forget_model(model)
     return metrics
+
+
+def run_reference(cfg: DictConfig, run_dir: Path) -> dict:
+    """`stage=reference`: train (or find) reference model `reference.index`, or all of them when
+    it is null, and cache their population outputs. Jobs of a multirun share the cache dir."""
+    state = RunState()
+    device = resolve_device(cfg.device)
+    cache = Cache(cfg.paths.cache_dir)
+    with state.stage("data"):
+        ds = load_dataset(cfg).to(device)
+    refs = References(cfg, cache, ds, device)
+    which = range(refs.num_models) if cfg.reference.index is None else [cfg.reference.index]
+    population = torch.cat([ds.train_x, ds.test_x])
+    keys = {}
+    with state.stage("reference"):
+        for m in which:
+            model, keys[m] = refs.model(m)
+            cached_logits(cache, keys[m], ds.fingerprint,
+                          lambda: predict(model, population, cfg.eval_batch_size).cpu().numpy())
+    return {"stage": "reference", "dataset": cfg.dataset.name, "seed": cfg.seed,
+            "reference": {**refs.stats, "keys": keys}, "stage_seconds": state.stage_seconds,
+            "device": str(device)}

@@ -71,6 +71,10 @@ class Logger:
     def log_result(self, result: dict) -> None:
         if self.run is None:
             return
+        if result.get("stage") == "reference":
+            ref = result["reference"]
+            self.run.summary.update({f"reference/{k}": ref[k] for k in ("trained", "train_seconds")})
+            return
         # Sequential runs log each request's metrics as one step (x axis: request).
         for entry in result.get("requests", []):
             self.run.log({**_flat(entry), "request": entry["request"]})
@@ -91,6 +95,9 @@ class Logger:
                                      data=[[k, v] for k, v in adv["eps_histogram"].items()])
             charts["adversarial/eps_histogram"] = self.wandb.plot.bar(
                 table, "eps", "forget samples", title="smallest eps per forget sample")
+        # Plots the run wrote (RMIA ROC curves, AMUN's eps histogram) as images.
+        for png in sorted(Path(result["run_dir"]).glob("*.png")) if "run_dir" in result else []:
+            charts[f"plots/{png.stem}"] = self.wandb.Image(str(png))
         self.run.log(charts)
 
     def finish(self, exit_code: int = 0) -> None:

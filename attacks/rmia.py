@@ -1,0 +1,116 @@
+"""RMIA, online (Zarifzadeh et al., "Low-Cost High-Power Membership Inference Attacks", ICML 2024),
+as the AMUN paper evaluates unlearning with it.
+
+Exactly what is computed, for a target model and M reference models trained on random halves of
+the population (train + test; `data.splits.keep_matrix`, each sample IN for exactly M/2 of them):
+- signal p(x): RMIA's soft-margin Taylor softmax (`attacks.signals.taylor_soft_margin`);
+- Pr(x) = mean of p over all M reference models (IN and OUT: the online attack);
+- ratio(x) = p_target(x) / Pr(x);
+- score(x) = fraction of population points z with ratio(x) / ratio(z) > gamma (strictly).
+Metrics, each the mean over 3 balanced subsamples (seeds 0, 1, 2) of n = min(|D_F|, |D_T|, |D_R|)
+samples per group, in percent: FT AUC (forget as positives vs test), FR AUC (retain vs forget), RT
+AUC (retain vs test), and the FT TPR at 1 % and 0.1 % FPR. A perfect unlearning gives FT AUC 50.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from attacks.signals import taylor_soft_margin
+
+PAIRS = {"ft": ("forget", "test"), "fr": ("retain", "forget"), "rt": ("retain", "test")}
+LOW_FPRS = {"1": 0.01, "0p1": 0.001}  # metric name tags: 1 % and 0.1 %
+
+
+def rmia_scores(target_x: np.ndarray, ref_x: np.ndarray, target_z: np.ndarray, ref_z: np.ndarray,
+                *, gamma: float) -> np.ndarray:
+    """score(x) for each x, from the target's signal (n,) and the reference models' (M, n) on the
+    samples x, and the same (P,), (M, P) on the population z."""
+    ratio_x = np.asarray(target_x, np.float64) / np.asarray(ref_x, np.float64).mean(axis=0)
+    ratio_z = np.asarray(target_z, np.float64) / np.asarray(ref_z, np.float64).mean(axis=0)
+    if (ratio_z > 0).all():
+        # ratio_x / ratio_z > gamma  <=>  ratio_z < ratio_x / gamma: count with one sort.
+        below = np.searchsorted(np.sort(ratio_z), ratio_x / gamma, side="left")
+        return below / len(ratio_z)
+    # Signs differ (a negative Taylor signal): compare pairwise, in blocks.
+    out = np.empty(len(ratio_x))
+    for i in range(0, len(ratio_x), 1024):
+        block = ratio_x[i:i + 1024, None] / ratio_z[None, :]
+        out[i:i + 1024] = (block > gamma).mean(axis=1)
+    return out
+
+
+def tpr_at_fpr(pos: np.ndarray, neg: np.ndarray, fpr: float) -> float:
+    """The highest TPR of a threshold on the scores whose FPR is at most `fpr`."""
+    labels = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+    f, t, _ = roc_curve(labels, np.r_[pos, neg])
+    return float(t[f <= fpr].max())
+
+
+def balanced_metrics(scores: dict[str, np.ndarray], seeds=(0, 1, 2)) -> dict[str, float]:
+    """AUCs of the three pairs and FT's TPR at low FPR (percent), averaged over balanced
+    subsamples: each seed draws n = the smallest group's size from every group."""
+    n = min(len(v) for v in scores.values())
+    out: dict[str, list[float]] = {}
+    for seed in seeds:
+        rng = np.random.RandomState(seed)
+        pick = {k: v[rng.choice(len(v), n, replace=False)] for k, v in scores.items()}
+        for name, (pos, neg) in PAIRS.items():
+            labels = np.r_[np.ones(n), np.zeros(n)]
+            out.setdefault(f"rmia_{name}_auc", []).append(
+                roc_auc_score(labels, np.r_[pick[pos], pick[neg]]))
+        for tag, fpr in LOW_FPRS.items():
+            out.setdefault(f"rmia_ft_tpr_at_{tag}pct_fpr", []).append(
+                tpr_at_fpr(pick["forget"], pick["test"], fpr))
+    return {k: float(np.mean(v) * 100.0) for k, v in out.items()}
+
+
+def rmia(model, ctx, *, gamma: float, temperature: float, margin: float, terms: int) -> dict[str, float]:
+    """RMIA's FT / FR / RT AUCs and FT TPR at low FPR of `model` (see the module docstring). The
+    reference models' outputs come from the run's cache (`ctx.reference()`)."""
+    ref = ctx.reference()
+    labels = ref.labels
+
+    def signal(logits: np.ndarray) -> np.ndarray:
+        return taylor_soft_margin(logits, labels, temperature=temperature, margin=margin,
+                                  terms=terms)
+
+    ref_signal = ctx.memo(("rmia_ref", temperature, margin, terms),
+                          lambda: np.stack([signal(l) for l in ref.logits]))
+    target = signal(ctx.population_logits(model))
+    score = rmia_scores(target, ref_signal, target, ref_signal, gamma=gamma)
+    n_train = len(ctx.train_y)
+    groups = {"forget": score[ctx.split.forget_idx], "retain": score[ctx.split.retain_idx],
+              "test": score[n_train:]}
+    if ctx.run_dir is not None:
+        plot_roc(groups, ctx.run_dir / f"rmia_roc_{ctx.role}.png", title=f"RMIA, {ctx.role} model")
+    return balanced_metrics(groups)
+
+
+rmia.metric_names = ("rmia_ft_auc", "rmia_fr_auc", "rmia_rt_auc", "rmia_ft_tpr_at_1pct_fpr",
+                     "rmia_ft_tpr_at_0p1pct_fpr")
+rmia.needs_reference = True
+
+
+def plot_roc(groups: dict[str, np.ndarray], path: Path, title: str) -> None:
+    """The three pairs' ROC curves on log-log axes (all samples, not subsampled)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    for name, (pos, neg) in PAIRS.items():
+        labels = np.r_[np.ones(len(groups[pos])), np.zeros(len(groups[neg]))]
+        f, t, _ = roc_curve(labels, np.r_[groups[pos], groups[neg]])
+        ax.plot(f, t, label=f"{name.upper()} ({pos} vs {neg})")
+    ax.plot([1e-4, 1], [1e-4, 1], "k:", lw=0.8)
+    ax.set(xscale="log", yscale="log", xlim=(1e-4, 1), ylim=(1e-4, 1.02),
+           xlabel="false positive rate", ylabel="true positive rate", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

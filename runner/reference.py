@@ -1,0 +1,112 @@
+"""Reference models for membership inference (RMIA), and cached population outputs.
+
+Reference model m trains from scratch, with the run's model and recipe and the one training loop,
+on the population samples (train + test, in that order) that row m of `keep_matrix(M, P, seed)`
+marks IN; its torch seed is m. It is a cache artifact like the original, keyed by what determines
+it (the forget set is not part of it), so every run, method and seed on the same data, model and
+recipe shares it. `python -m runner -m stage=reference reference.index='range(0,16)'` trains them
+as independent jobs sharing the cache dir (one model per job); a later run finds them all.
+
+Each model's logits on the population are cached too (kind `logits`, keyed by the model's key and
+the dataset fingerprint), so a second evaluation neither trains nor runs any reference model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from data import datasets
+from data.splits import keep_matrix
+from runner.cache import Cache, key_of
+from runner.evaluate import predict
+from runner.trained import RunState, model_spec, train_or_load
+
+log = logging.getLogger("runner")
+
+
+def _logits_spec(model_key: str, dataset_fingerprint: str) -> dict:
+    return {"model": model_key, "dataset": dataset_fingerprint, "what": "population logits"}
+
+
+@dataclass
+class ReferenceOutputs:
+    logits: np.ndarray       # float32 (M, P, C): each reference model on the population
+    labels: np.ndarray       # int64 (P,)
+    keep: np.ndarray         # bool (M, P): which samples each model trained on
+    keys: list[str]          # the models' cache keys
+
+
+def cached_logits(cache: Cache, model_key: str, dataset_fingerprint: str,
+                  compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """float32 population logits of the cached model `model_key`: loaded, or computed and stored."""
+    spec = _logits_spec(model_key, dataset_fingerprint)
+
+    def write(directory: Path) -> None:
+        np.save(directory / "logits.npy", np.asarray(compute(), dtype=np.float32))
+
+    path, _, _ = cache.get_or_build("logits", spec, write)
+    return np.load(path / "logits.npy")
+
+
+class References:
+    """The run's M reference models: trained or loaded on demand, their outputs cached."""
+
+    def __init__(self, cfg: DictConfig, cache: Cache, ds: datasets.Dataset, device: torch.device):
+        self.cfg, self.cache, self.ds, self.device = cfg, cache, ds, device
+        self.num_models = cfg.reference.num_models
+        self.keep = keep_matrix(self.num_models, len(ds.train_y) + len(ds.test_y),
+                                seed=cfg.reference.seed)
+        self.stats = {"num_models": self.num_models, "trained": 0, "train_seconds": 0.0,
+                      "outputs_computed": 0}
+        self._outputs: ReferenceOutputs | None = None
+        self._used = False
+
+    @property
+    def used(self) -> bool:
+        """Whether anything asked for a reference model or their outputs."""
+        return self._used
+
+    def model(self, m: int) -> tuple[torch.nn.Module, str]:
+        """Reference model m and its cache key, training it if the cache does not have it."""
+        self._used = True
+        state, start = RunState(), time.perf_counter()
+        model = train_or_load(self.cfg, self.cache, "reference", self.ds,
+                              np.flatnonzero(self.keep[m]), self.device, state, seed=m,
+                              population=True, desc=f"reference {m + 1}/{self.num_models}")
+        if not state.cache_hits["reference"]:
+            self.stats["trained"] += 1
+            self.stats["train_seconds"] = round(self.stats["train_seconds"]
+                                                + time.perf_counter() - start, 3)
+        return model, state.cache_keys["reference"]
+
+    def outputs(self) -> ReferenceOutputs:
+        """Every reference model's population logits; a model is loaded (or trained) only when
+        the cache lacks its logits."""
+        self._used = True
+        if self._outputs is None:
+            population = torch.cat([self.ds.train_x, self.ds.test_x])
+            logits, keys = [], []
+            for m in range(self.num_models):
+                key = key_of(model_spec(self.cfg, self.ds, np.flatnonzero(self.keep[m]), seed=m,
+                                        population=True))
+                found = self.cache.load("logits", key_of(_logits_spec(key, self.ds.fingerprint)))
+                if found is None:
+                    model, key = self.model(m)
+                    log.info("reference model %d/%d: population outputs", m + 1, self.num_models)
+                    self.stats["outputs_computed"] += 1
+                    logits.append(cached_logits(self.cache, key, self.ds.fingerprint, lambda: predict(
+                        model, population, self.cfg.eval_batch_size).cpu().numpy()))
+                else:
+                    logits.append(np.load(found / "logits.npy"))
+                keys.append(key)
+            labels = torch.cat([self.ds.train_y, self.ds.test_y]).cpu().numpy()
+            self._outputs = ReferenceOutputs(np.stack(logits), labels, self.keep, keys)
+        return self._outputs

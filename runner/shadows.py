@@ -1,0 +1,93 @@
+"""U-LiRA's shadow models: reference model s as the shadow original, unlearned with the method under
+test and retrained without its share of the forget set (see `attacks.lira` for the protocol).
+
+The shadow originals are the RMIA reference models and the shadow retrains are cache artifacts
+(kind `shadow`, keyed like any model by their training indices and seed), so runs of different
+methods on the same forget set share both; only the unlearning of each shadow is the run's own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from attacks.signals import lira_phi
+from data import datasets
+from runner.cache import Cache
+from runner.evaluate import predict
+from runner.reference import References
+from runner.trained import RunState, train_or_load
+
+log = logging.getLogger("runner")
+
+# (shadow original, its cache key, forget idx, retain idx, shadow retrain) -> unlearned shadow;
+# indices are into train + test.
+UnlearnShadow = Callable[[torch.nn.Module, str, np.ndarray, np.ndarray, torch.nn.Module],
+                         torch.nn.Module]
+
+
+@dataclass
+class ShadowOutputs:
+    phi_unlearned: np.ndarray   # (S, n_forget): phi of each unlearned shadow on the run's D_F
+    phi_retrained: np.ndarray   # (S, n_forget): the same for each retrained shadow
+    mask: np.ndarray            # (S, n_forget) bool: the sample was in shadow s's forget set
+
+
+class Shadows:
+    def __init__(self, cfg: DictConfig, cache: Cache, ds: datasets.Dataset, device: torch.device,
+                 refs: References, forget_idx: np.ndarray, unlearn_shadow: UnlearnShadow):
+        self.cfg, self.cache, self.ds, self.device, self.refs = cfg, cache, ds, device, refs
+        self.forget_idx, self.unlearn_shadow = np.asarray(forget_idx), unlearn_shadow
+        self.stats = {"num_shadows": 0, "retrains_trained": 0, "retrain_seconds": 0.0,
+                      "unlearn_seconds": 0.0}
+        self._outputs: dict[int, ShadowOutputs] = {}
+
+    def outputs(self, num_shadows: int) -> ShadowOutputs:
+        if num_shadows > self.refs.num_models:
+            raise ValueError(f"{num_shadows} shadow models asked for, but only "
+                             f"reference.num_models={self.refs.num_models} exist")
+        if num_shadows not in self._outputs:
+            self._outputs[num_shadows] = self._build(num_shadows)
+        return self._outputs[num_shadows]
+
+    def _build(self, num_shadows: int) -> ShadowOutputs:
+        idx = torch.as_tensor(self.forget_idx, device=self.device)
+        forget_x, forget_y = self.ds.train_x[idx], self.ds.train_y[idx]
+        n = len(self.forget_idx)
+        phi_u, phi_r = np.zeros((num_shadows, n)), np.zeros((num_shadows, n))
+        mask = np.zeros((num_shadows, n), dtype=bool)
+        for s in range(num_shadows):
+            inside = self.refs.keep[s]
+            # Training samples come first in the population, so train indices are population ones.
+            mask[s] = inside[self.forget_idx]
+            if not mask[s].any():
+                continue
+            forget_s = self.forget_idx[mask[s]]
+            retain_s = np.setdiff1d(np.flatnonzero(inside), forget_s)
+            original_s, key_s = self.refs.model(s)
+            state, start = RunState(), time.perf_counter()
+            retrained = train_or_load(self.cfg, self.cache, "shadow", self.ds, retain_s, self.device,
+                                      state, seed=s, population=True,
+                                      desc=f"shadow retrain {s + 1}/{num_shadows}")
+            if not state.cache_hits["shadow"]:
+                self.stats["retrains_trained"] += 1
+                self.stats["retrain_seconds"] += round(time.perf_counter() - start, 3)
+            start = time.perf_counter()
+            unlearned = self.unlearn_shadow(original_s, key_s, forget_s, retain_s, retrained)
+            self.stats["unlearn_seconds"] += round(time.perf_counter() - start, 3)
+            for phi, model in ((phi_u, unlearned), (phi_r, retrained)):
+                phi[s] = lira_phi(predict(model, forget_x, self.cfg.eval_batch_size), forget_y)
+            log.info("shadow %d/%d: %d of the forget samples to forget", s + 1, num_shadows,
+                     len(forget_s))
+        self.stats["num_shadows"] = max(self.stats["num_shadows"], num_shadows)
+        return ShadowOutputs(phi_u, phi_r, mask)
+
+    @property
+    def used(self) -> bool:
+        return bool(self._outputs)

@@ -1,0 +1,132 @@
+"""Models trained from scratch through the cache: the original, the retrain oracle and the
+reference models of membership attacks, plus the run's data and device. The pipeline and the
+reference-model stage share these."""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from data import datasets
+from data.loader import Augment, Batches
+from data.splits import index_digest
+from runner.cache import Cache, code_fingerprint, load_model, save_model
+from runner.config import ConfigError, build_model
+from runner.train import fit, make_scheduler, sgd
+
+log = logging.getLogger("runner")
+
+
+@dataclass
+class RunState:
+    """What the run has done so far; becomes metrics.json."""
+
+    stage_seconds: dict = field(default_factory=dict)
+    cache_keys: dict = field(default_factory=dict)
+    cache_hits: dict = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str):
+        start = time.perf_counter()
+        log.info("stage %s ...", name)
+        yield
+        self.stage_seconds[name] = round(time.perf_counter() - start, 3)
+        log.info("stage %s done in %.1f s", name, self.stage_seconds[name])
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but no CUDA device is available")
+    return device
+
+
+def load_dataset(cfg: DictConfig) -> datasets.Dataset:
+    """Load the dataset and check it against what its config promised."""
+    d = cfg.dataset
+    ds = datasets.load(d.name, root=d.root, source=d.source, download=d.download,
+                       cache_dir=cfg.paths.cache_dir, **OmegaConf.to_container(d.options))
+    try:
+        ds = ds.subset(d.subset.train, d.subset.test, seed=d.subset.seed)
+    except ValueError as err:
+        raise ConfigError(f"dataset.{err}") from None
+    expected = (d.channels, d.image_size, d.image_size)
+    if ds.shape != expected or ds.num_classes != d.num_classes:
+        raise ConfigError(f"dataset {d.name} has images {ds.shape} and {ds.num_classes} classes; "
+                          f"the config says {expected} and {d.num_classes}")
+    return ds
+
+
+# The code a trained model depends on: its key changes when any of it changes. Taken once, at
+# import, so it describes the code this process runs even if the files are edited meanwhile.
+REPO = Path(__file__).resolve().parent.parent
+TRAINING_CODE = code_fingerprint([*sorted((REPO / "models").glob("*.py")),
+                                  REPO / "runner" / "train.py", REPO / "data" / "loader.py"])
+
+
+def model_spec(cfg: DictConfig, ds: datasets.Dataset, train_idx: np.ndarray, *,
+               seed: int | None = None, population: bool = False) -> dict:
+    """Exactly what determines a model trained from scratch: the cache key's content.
+    `population`: train_idx indexes train + test (reference models), not the training set."""
+    recipe = OmegaConf.to_container(cfg.train, resolve=True)
+    schedule = recipe.pop("schedule")
+    recipe["schedule"] = (schedule if schedule["name"] == "step" else {"name": schedule["name"]})
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    spec = {
+        "dataset": {"name": ds.name, "fingerprint": ds.fingerprint,
+                    "augment": OmegaConf.to_container(cfg.dataset.augment)},
+        "model": model,
+        "normalization": ([list(cfg.dataset.mean), list(cfg.dataset.std)]
+                          if model["normalize"] else None),
+        "train": recipe,
+        "seed": cfg.seed if seed is None else seed,
+        "train_idx_sha256": index_digest(train_idx),
+        "n_train": int(len(train_idx)),
+        "code": TRAINING_CODE,
+    }
+    if population:
+        spec["indices_into"] = "train+test"
+    return spec
+
+
+def train_or_load(cfg: DictConfig, cache: Cache, kind: str, ds: datasets.Dataset,
+                  train_idx: np.ndarray, device: torch.device, state: RunState, *,
+                  seed: int | None = None, population: bool = False,
+                  desc: str | None = None) -> torch.nn.Module:
+    """A model trained from scratch on `train_idx` with the run's recipe, via the cache. With
+    `population`, train_idx indexes train + test (a reference model); `seed` replaces cfg.seed."""
+    train_idx = np.sort(train_idx)  # the key is order-free, so the training order must be too
+    seed = cfg.seed if seed is None else seed
+    torch.manual_seed(seed)
+    model = build_model(cfg.model, cfg.dataset).to(device)
+    recipe = cfg.train
+    if recipe.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    def write(directory: Path) -> None:
+        idx = torch.as_tensor(train_idx, device=device)
+        x, y = ((torch.cat([ds.train_x, ds.test_x]), torch.cat([ds.train_y, ds.test_y]))
+                if population else (ds.train_x, ds.train_y))
+        batches = Batches(x[idx], y[idx], batch_size=recipe.batch_size,
+                          shuffle=True, seed=seed, augment=Augment(**cfg.dataset.augment),
+                          channels_last=recipe.channels_last)
+        opt = sgd(model, lr=recipe.lr, momentum=recipe.momentum,
+                  weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
+        sched = make_scheduler(opt, epochs=recipe.epochs, **recipe.schedule)
+        fit(model, batches, epochs=recipe.epochs, optimizer=opt, scheduler=sched,
+            precision=recipe.precision, desc=desc or kind)
+        save_model(directory, model)
+
+    path, key, hit = cache.get_or_build(
+        kind, model_spec(cfg, ds, train_idx, seed=seed, population=population), write)
+    state.cache_keys[kind], state.cache_hits[kind] = key, hit
+    return load_model(path, model) if hit else model.eval()
