@@ -14,7 +14,8 @@ oracle's own value is 50 by construction.
 
 Choices the paper leaves open: with few shadows per sample the per-example variances are noisy, so
 `fix_variance: true` (the default) uses one variance per hypothesis pooled over samples (LiRA's
-"global variance"); a sample in no shadow's forget set is left out.
+"global variance"); a sample in no shadow's forget set (in fewer than two, with per-sample
+variances) is left out.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def ulira(model, ctx, *, num_shadows: int, fix_variance: bool) -> dict[str, floa
     first `num_shadows` reference models as shadows (`ctx.shadows`)."""
     shadows = ctx.shadows(num_shadows)
     forget_y = ctx.labels("forget")
-    in_forget = shadows.mask.any(axis=0)  # samples some shadow had to forget
+    # Samples some shadow had to forget (two, for a per-sample variance).
+    in_forget = shadows.mask.sum(axis=0) >= (1 if fix_variance else 2)
     unlearned = fit_gaussians(shadows.phi_unlearned, shadows.mask, fix_variance=fix_variance)
     retrained = fit_gaussians(shadows.phi_retrained, shadows.mask, fix_variance=fix_variance)
 

@@ -31,22 +31,23 @@ def rmia_scores(target_x: np.ndarray, ref_x: np.ndarray, target_z: np.ndarray, r
     samples x, and the same (P,), (M, P) on the population z."""
     ratio_x = np.asarray(target_x, np.float64) / np.asarray(ref_x, np.float64).mean(axis=0)
     ratio_z = np.asarray(target_z, np.float64) / np.asarray(ref_z, np.float64).mean(axis=0)
-    if (ratio_z > 0).all():
-        # ratio_x / ratio_z > gamma  <=>  ratio_z < ratio_x / gamma: count with one sort.
-        below = np.searchsorted(np.sort(ratio_z), ratio_x / gamma, side="left")
-        return below / len(ratio_z)
-    # Signs differ (a negative Taylor signal): compare pairwise, in blocks.
-    out = np.empty(len(ratio_x))
-    for i in range(0, len(ratio_x), 1024):
-        block = ratio_x[i:i + 1024, None] / ratio_z[None, :]
-        out[i:i + 1024] = (block > gamma).mean(axis=1)
-    return out
+    # ratio_x / ratio_z > gamma (gamma > 0), counted with sorts instead of P comparisons per x:
+    # for ratio_z > 0 it is ratio_z < ratio_x / gamma; for ratio_z < 0 (a negative Taylor signal)
+    # the division flips it, ratio_z > ratio_x / gamma; for ratio_z = 0 it holds iff ratio_x > 0.
+    # NaN compares false everywhere. (Equal to the pairwise rule up to rounding exactly at the
+    # boundary, where x / z and x / gamma round differently; exact for gamma a power of two.)
+    bound = ratio_x / gamma
+    pos, neg = np.sort(ratio_z[ratio_z > 0]), np.sort(ratio_z[ratio_z < 0])
+    count = (np.searchsorted(pos, bound, side="left")
+             + len(neg) - np.searchsorted(neg, bound, side="right")
+             + np.count_nonzero(ratio_z == 0) * (ratio_x > 0))
+    return np.where(np.isnan(ratio_x), 0, count) / len(ratio_z)
 
 
 def tpr_at_fpr(pos: np.ndarray, neg: np.ndarray, fpr: float) -> float:
     """The highest TPR of a threshold on the scores whose FPR is at most `fpr`."""
     labels = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
-    f, t, _ = roc_curve(labels, np.r_[pos, neg])
+    f, t, _ = roc_curve(labels, np.r_[pos, neg], drop_intermediate=False)  # keep every threshold
     return float(t[f <= fpr].max())
 
 

@@ -172,6 +172,8 @@ RANGES = {
     "num_members": (1, None, True), "C": (0.0, None, False),
     "ratio": (0.0, 1.0, True), "salun_ratio": (0.0, 1.0, False), "steps": (1, None, True),
     "max_doublings": (0, None, True), "auto_base": (0.0, None, False), "bound": (0.0, None, False), "alpha": (0.0, None, True),
+    "gamma": (0.0, None, False), "temperature": (0.0, None, False), "terms": (1, None, True),
+    "num_shadows": (2, None, True),
 }
 LOGGER_MODES = ("offline", "online", "disabled")
 

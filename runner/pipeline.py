@@ -96,7 +96,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         with state.stage("retrain" + tag):
             oracle = train_or_load(cfg, cache, "retrain", ds, sub.retain_idx, device, state)
         data = _unlearn_data(cfg, ds.num_classes, ds.train_x, ds.train_y, chunk, sub.retain_idx,
-                             oracle)
+                             oracle, seed=cfg.seed + k - 1)
         if needs_adv:
             if cfg.method.adversarial_from == "original":
                 data.adversarial = full.take(slice(start, start + len(chunk)))
@@ -158,7 +158,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
 def _unlearn_data(cfg: DictConfig, num_classes: int, x: torch.Tensor, y: torch.Tensor,
                   forget_idx: np.ndarray, retain_idx: np.ndarray,
-                  oracle: torch.nn.Module) -> UnlearnData:
+                  oracle: torch.nn.Module, seed: int | None = None) -> UnlearnData:
     """What the method is given for one request: its forget set, and D_R when it may see it
     (indices into x, y)."""
     use_retain = cfg.method.use_retain
@@ -168,7 +168,8 @@ def _unlearn_data(cfg: DictConfig, num_classes: int, x: torch.Tensor, y: torch.T
         forget_x=x[f], forget_y=y[f],
         retain_x=x[r] if use_retain else None,
         retain_y=y[r] if use_retain else None,
-        num_classes=num_classes, augment=Augment(**cfg.dataset.augment), seed=cfg.seed,
+        num_classes=num_classes, augment=Augment(**cfg.dataset.augment),
+        seed=cfg.seed if seed is None else seed,
         precision=cfg.train.precision, channels_last=cfg.train.channels_last,
         # Only a method with D_R may have the model trained on D_R (retrain returns it).
         train_from_scratch=(lambda: copy.deepcopy(oracle)) if use_retain else None,

@@ -89,3 +89,25 @@ def test_keep_matrix_is_the_papers_and_balanced():
     assert not np.array_equal(keep, keep_matrix(8, 50, seed=1))
     with pytest.raises(SplitError, match="even"):
         keep_matrix(3, 10)
+
+
+def test_rmia_sorted_count_equals_the_pairwise_definition():
+    rng = np.random.RandomState(0)
+    for _ in range(20):
+        target_z, ref_z = rng.randn(200), rng.randn(3, 200)
+        ref_z[:, :5] = np.abs(ref_z[:, :5])
+        target_z[:5] = 0.0                          # some ratio_z exactly 0
+        target_z[5:10] = target_z[10:15]            # and ties
+        ref_z[:, 5:10] = ref_z[:, 10:15]
+        target_x, ref_x = target_z[:50], ref_z[:, :50]
+        ratio_x = target_x / ref_x.mean(0)
+        ratio_z = target_z / ref_z.mean(0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            brute = (ratio_x[:, None] / ratio_z[None, :] > 2.0).mean(axis=1)
+        np.testing.assert_allclose(rmia_scores(target_x, ref_x, target_z, ref_z, gamma=2.0), brute)
+
+
+def test_tpr_at_fpr_keeps_every_threshold_of_tied_scores():
+    # Tied scores in equal steps: roc_curve's default would drop the point (FPR 0.4, TPR 0.5).
+    pos, neg = np.array([10.0, 0, 1, 2, 3, 4]), np.array([0.0, 1, 2, 3, 4])
+    assert tpr_at_fpr(pos, neg, 0.45) == pytest.approx(0.5)
