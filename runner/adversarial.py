@@ -86,7 +86,7 @@ def build(attack: DictConfig, cache: Cache, model: torch.nn.Module, model_key: s
         torch.save({"x_adv": res.x_adv.cpu(), "y_adv": res.y_adv.cpu(), "eps": res.eps.cpu(),
                     "success": res.success.cpu(), "model_calls": torch.tensor(calls[0]),
                     "search_calls": torch.tensor(search_calls),
-                    "eps_init": torch.tensor(float(eps_init))}, directory / "adversarial.pt")
+                    "eps_init": torch.tensor(float(eps_init), dtype=torch.float64)}, directory / "adversarial.pt")
 
     path, key, hit = cache.get_or_build("adversarial", spec, write)
     blob = torch.load(path / "adversarial.pt", map_location=forget_x.device, weights_only=True)

@@ -23,7 +23,7 @@ import numpy as np
 from runner.results import METRICS_FILE
 
 COLUMNS = ("forget_acc", "retain_acc", "test_acc", "mia_efficacy", "avg_gap")
-METHOD_ORDER = ("retrain", "ft", "rl", "ga", "bs", "l1_sparse", "salun", "amun", "amun_salun", "amun_a")
+METHOD_ORDER = ("original", "retrain", "ft", "rl", "ga", "bs", "l1_sparse", "salun", "amun", "amun_salun", "amun_a")
 
 
 def load_results(root: Path) -> list[dict]:
@@ -111,10 +111,22 @@ def _runs_cell(runs: list[dict]) -> str:
     return f"{len(ok)}/{len(runs)}" + (f" ({dups} dup)" if dups else "")
 
 
+def _original_view(r: dict) -> dict:
+    """A retrain run seen as a row for the original model (before unlearning) of its seed."""
+    metrics = r["metrics"]
+    gap = float(np.mean([abs(metrics["original"][n] - metrics["retrain"][n])
+                         for n in r["gap_metrics"]]))
+    config = {**r["config"], "method": {"name": "original"}}
+    return {**r, "config": config, "avg_gap": gap, "metrics": {"unlearned": metrics["original"]}}
+
+
 def make_table(results: list[dict], columns=COLUMNS) -> list[list[str]]:
-    """Header row then one row per (dataset, forget spec, method, other settings)."""
+    """Header row then one row per (dataset, forget spec, method, other settings); an `original`
+    row (the model before unlearning, from the retrain runs) where the sweep has retrain runs."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in results:
+    originals = [_original_view(r) for r in results
+                 if r.get("status") == "ok" and r.get("method") == "retrain" and "gap_metrics" in r]
+    for r in results + originals:
         groups[(*_row_key(r), tuple(sorted(_setting(r).items())))].append(r)
     labels = _labels(groups)
     rows = [["dataset", "forget", "method", *columns, "runs"]]

@@ -167,8 +167,11 @@ def test_multirun_shares_models_and_reports_one_table(tmp_path):
     assert len({r["cache_keys"]["original"] for r in results}) == 1
     report = subprocess.run([sys.executable, "-m", "runner.report", str(sweep)], cwd=REPO,
                             capture_output=True, text=True, check=True).stdout
-    assert [line.split("|")[3].strip() for line in report.splitlines()[2:6]] == \
-        ["retrain", "ft", "rl", "ga"]
+    rows = [line.split("|") for line in report.splitlines()[2:7]]
+    assert [row[3].strip() for row in rows] == ["original", "retrain", "ft", "rl", "ga"]
+    # The original row is the original model of the retrain run, before unlearning.
+    retrain = next(r for r in results if r["method"] == "retrain")
+    assert rows[0][4].strip() == f"{retrain['metrics']['original']['forget_acc']:.2f}"
     assert (sweep / "table.csv").exists() and (sweep / "table.md").exists()
 
 
