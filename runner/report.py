@@ -71,7 +71,12 @@ def _row_key(r: dict) -> tuple[str, str, str]:
 
 
 def _value(r: dict, column: str) -> float:
-    return r["avg_gap"] if column == "avg_gap" else r["metrics"]["unlearned"][column]
+    if column == "avg_gap":
+        return r["avg_gap"]
+    if column not in r["metrics"]["unlearned"]:
+        raise SystemExit(f"{column!r} is not a metric of {r.get('run_dir', 'a run')}; it has "
+                         f"{sorted(r['metrics']['unlearned'])}")
+    return r["metrics"]["unlearned"][column]
 
 
 def _cell(values: list[float]) -> str:
@@ -147,12 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--out", type=Path, default=None, help="where table.md/csv go (default: sweep_dir)")
+    parser.add_argument("--columns", default=",".join(COLUMNS),
+                        help="comma-separated metrics of the unlearned model, and avg_gap "
+                             f"(default: {','.join(COLUMNS)})")
     args = parser.parse_args(argv)
     results = load_results(args.sweep_dir)
     if not results:
         print(f"no {METRICS_FILE} under {args.sweep_dir}", file=sys.stderr)
         return 1
-    rows = make_table(results)
+    rows = make_table(results, columns=tuple(args.columns.split(",")))
     out = args.out or args.sweep_dir
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(to_markdown(rows))

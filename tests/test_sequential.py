@@ -93,8 +93,10 @@ def test_amun_reuses_the_original_adversarial_set_and_amun_a_rebuilds_it(
         make_cfg, tmp_path, monkeypatch, cache, method, artifacts):
     calls = _recording(monkeypatch, methods.amun)
     before = set((cache / "adversarial").glob("*"))
-    result = execute(make_cfg(*QUICK, *AMUN, f"method={method}", "requests=2", cache_dir=cache),
-                     tmp_path / "run")
+    # logger=wandb (offline): one W&B step per request, and the summary of the last
+    result = execute(make_cfg(*QUICK, *AMUN, f"method={method}", "requests=2", "logger=wandb",
+                              cache_dir=cache), tmp_path / "run")
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(set((cache / "adversarial").glob("*")) - before) == artifacts
     assert [len(c.forget_idx) for c in calls] == [72, 72]
     for data in calls:
