@@ -19,6 +19,7 @@ Names and sources (the first source is what ``source="auto"`` picks):
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -83,6 +84,12 @@ class Dataset:
         """Image shape (C, H, W)."""
         c, h, w = self.train_x.shape[1:]
         return int(c), int(h), int(w)
+
+    @functools.cached_property
+    def population(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Train then test, as one (images, labels) pair: the population that membership
+        attacks' reference models are drawn from. Built once per Dataset object."""
+        return torch.cat([self.train_x, self.test_x]), torch.cat([self.train_y, self.test_y])
 
     def to(self, device: torch.device | str) -> "Dataset":
         """The same data on `device` (same fingerprint)."""

@@ -71,8 +71,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
     def unlearn_shadow(model, key, forget_idx, retain_idx, oracle):
         """The method under test on a shadow model (indices into train + test)."""
-        pool = (torch.cat([ds.train_x, ds.test_x]), torch.cat([ds.train_y, ds.test_y]))
-        data = _unlearn_data(cfg, ds.num_classes, *pool, forget_idx, retain_idx, oracle)
+        data = _unlearn_data(cfg, ds.num_classes, *ds.population, forget_idx, retain_idx, oracle)
         if needs_adv:
             data.adversarial = adversarial.build(cfg.method.attack, cache, model, key, data.forget_x,
                                                  data.forget_y, forget_idx).take()
@@ -198,7 +197,7 @@ def run_reference(cfg: DictConfig, run_dir: Path) -> dict:
         ds = load_dataset(cfg).to(device)
     refs = References(cfg, cache, ds, device)
     which = range(refs.num_models) if cfg.reference.index is None else [cfg.reference.index]
-    population = torch.cat([ds.train_x, ds.test_x])
+    population = ds.population[0]
     keys = {}
     with state.stage("reference"):
         for m in which:

@@ -92,7 +92,7 @@ class References:
         the cache lacks its logits."""
         self._used = True
         if self._outputs is None:
-            population = torch.cat([self.ds.train_x, self.ds.test_x])
+            population, labels = self.ds.population
             logits, keys = [], []
             for m in range(self.num_models):
                 key = key_of(model_spec(self.cfg, self.ds, np.flatnonzero(self.keep[m]), seed=m,
@@ -107,6 +107,5 @@ class References:
                 else:
                     logits.append(np.load(found / "logits.npy"))
                 keys.append(key)
-            labels = torch.cat([self.ds.train_y, self.ds.test_y]).cpu().numpy()
-            self._outputs = ReferenceOutputs(np.stack(logits), labels, self.keep, keys)
+            self._outputs = ReferenceOutputs(np.stack(logits), labels.cpu().numpy(), self.keep, keys)
         return self._outputs

@@ -114,8 +114,7 @@ def train_or_load(cfg: DictConfig, cache: Cache, kind: str, ds: datasets.Dataset
 
     def write(directory: Path) -> None:
         idx = torch.as_tensor(train_idx, device=device)
-        x, y = ((torch.cat([ds.train_x, ds.test_x]), torch.cat([ds.train_y, ds.test_y]))
-                if population else (ds.train_x, ds.train_y))
+        x, y = ds.population if population else (ds.train_x, ds.train_y)
         batches = Batches(x[idx], y[idx], batch_size=recipe.batch_size,
                           shuffle=True, seed=seed, augment=Augment(**cfg.dataset.augment),
                           channels_last=recipe.channels_last)
