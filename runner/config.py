@@ -173,7 +173,7 @@ RANGES = {
     "ratio": (0.0, 1.0, True), "salun_ratio": (0.0, 1.0, False), "steps": (1, None, True),
     "max_doublings": (0, None, True), "auto_base": (0.0, None, False), "bound": (0.0, None, False), "alpha": (0.0, None, True),
     "gamma": (0.0, None, False), "temperature": (0.0, None, False), "terms": (1, None, True),
-    "num_shadows": (2, None, True),
+    "num_shadows": (2, None, True), "beta": (0.0, None, True), "pca_dim": (1, None, True),
 }
 LOGGER_MODES = ("offline", "online", "disabled")
 
@@ -235,6 +235,9 @@ def validate(cfg: DictConfig) -> None:
                           "is not possible for it")
     if getattr(method, "needs_adversarial", False):
         _check_attack(cfg.method)
+    if getattr(method, "needs_class_forget", False) and forget.kind != "class":
+        raise ConfigError(f"method {cfg.method.name} forgets a whole class: use forget=class "
+                          "forget.class_id=K")
     for name, node in cfg.eval.evaluators.items():
         check_partial(node, f"eval.evaluators.{name}", n_positional=2)
         _check_ranges(dict(node), f"eval.evaluators.{name}")
