@@ -22,7 +22,8 @@ def _options(group):
 def test_every_option_composes_and_validates(make_cfg, group):
     assert _options(group), f"conf/{group} is empty"
     for option in _options(group):
-        class_forget = (group, option) in {("forget", "class"), ("method", "trw")}
+        class_forget = (group, option) in {("forget", "class"), ("method", "trw"),
+                                           ("eval", "class_unlearning")}
         extra = ["forget=class", "forget.class_id=1"] if class_forget else []
         cfg = make_cfg(f"{group}={option}", *extra)
         validate(cfg)
