@@ -229,3 +229,29 @@ def test_l1_schedule_spans_exactly_the_run(monkeypatch):
         p.grad = torch.zeros_like(p)
     hooks[0](model)
     assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in model.parameters())
+
+
+
+def test_be_expand_and_prune_keep_the_real_rows():
+    from methods.be import _expand, _prune
+
+    fc = linear_model()[1]
+    wide = _expand(fc)
+    assert wide.out_features == 4
+    torch.testing.assert_close(wide.weight[:3], fc.weight)
+    torch.testing.assert_close(wide.bias[:3], fc.bias)
+    back = _prune(wide)
+    torch.testing.assert_close(back.weight, fc.weight)
+    torch.testing.assert_close(back.bias, fc.bias)
+
+
+def test_be_moves_the_forget_set_off_its_classes(make_cfg, tmp_path):
+    from runner.__main__ import execute
+
+    from conftest import FAST
+
+    result = execute(make_cfg(*FAST, "method=be", "method.use_retain=false", "method.lr=0.05",
+                              "method.epochs=3"), tmp_path / "a")
+    m = result["metrics"]
+    assert m["unlearned"]["forget_acc"] < m["original"]["forget_acc"] - 20
+    assert result["n_forget"] == 144
