@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from data import datasets
 from data.loader import Augment
 from data.splits import Split, make_split
 from methods.common import UnlearnData
@@ -25,8 +24,7 @@ from runner.config import ConfigError, instantiate_partial
 from runner.evaluate import EvalContext, avg_gap, predict
 from runner.reference import References, cached_logits
 from runner.shadows import Shadows
-from runner.trained import (TRAINING_CODE, RunState, load_dataset, model_spec,  # noqa: F401
-                            resolve_device, train_or_load)
+from runner.trained import RunState, load_dataset, resolve_device, train_or_load
 
 log = logging.getLogger("runner")
 

@@ -70,7 +70,8 @@ def load_dataset(cfg: DictConfig) -> datasets.Dataset:
 # import, so it describes the code this process runs even if the files are edited meanwhile.
 REPO = Path(__file__).resolve().parent.parent
 TRAINING_CODE = code_fingerprint([*sorted((REPO / "models").glob("*.py")),
-                                  REPO / "runner" / "train.py", REPO / "data" / "loader.py"])
+                                  REPO / "runner" / "train.py", REPO / "runner" / "trained.py",
+                                  REPO / "data" / "loader.py"])
 
 
 def model_spec(cfg: DictConfig, ds: datasets.Dataset, train_idx: np.ndarray, *,
