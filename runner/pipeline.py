@@ -76,7 +76,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         torch.manual_seed(cfg.seed)
         return unlearn(copy.deepcopy(model), data).eval()
 
-    shadows = Shadows(cfg, cache, ds, device, refs, split.forget_idx, unlearn_shadow)
+    shadows = Shadows(cfg, cache, ds, device, refs, split.forget_idx, unlearn_shadow,
+                      class_id=split.class_id if split.kind == "class" else None)
     adversarial_sets = []
     if needs_adv and cfg.method.adversarial_from == "original":
         with state.stage("adversarial"):

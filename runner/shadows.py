@@ -1,5 +1,7 @@
 """U-LiRA's shadow models: reference model s as the shadow original, unlearned with the method under
-test and retrained without its share of the forget set (see `attacks.lira` for the protocol).
+test and retrained without its share of the forget set (see `attacks.lira` for the protocol). With
+class forgetting, the shadow's retain set also leaves out the class's test images that its
+population half holds: the shadow forgets the whole class, as the target does.
 
 The shadow originals are the RMIA reference models and the shadow retrains are cache artifacts
 (kind `shadow`, keyed like any model by their training indices and seed), so runs of different
@@ -41,8 +43,10 @@ class ShadowOutputs:
 
 class Shadows:
     def __init__(self, cfg: DictConfig, cache: Cache, ds: datasets.Dataset, device: torch.device,
-                 refs: References, forget_idx: np.ndarray, unlearn_shadow: UnlearnShadow):
+                 refs: References, forget_idx: np.ndarray, unlearn_shadow: UnlearnShadow,
+                 class_id: int | None = None):
         self.cfg, self.cache, self.ds, self.device, self.refs = cfg, cache, ds, device, refs
+        self.class_id = class_id
         self.forget_idx, self.unlearn_shadow = np.asarray(forget_idx), unlearn_shadow
         self.stats = {"num_shadows": 0, "retrains_trained": 0, "retrain_seconds": 0.0,
                       "unlearn_seconds": 0.0}
@@ -70,6 +74,10 @@ class Shadows:
                 continue
             forget_s = self.forget_idx[mask[s]]
             retain_s = np.setdiff1d(np.flatnonzero(inside), forget_s)
+            if self.class_id is not None:
+                # Class forgetting: the shadow forgets the class, so its test images go too.
+                labels = self.ds.population[1][torch.as_tensor(retain_s, device=self.device)]
+                retain_s = retain_s[(labels != self.class_id).cpu().numpy()]
             original_s, key_s = self.refs.model(s)
             state, start = RunState(), time.perf_counter()
             retrained = train_or_load(self.cfg, self.cache, "shadow", self.ds, retain_s, self.device,

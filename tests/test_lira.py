@@ -67,3 +67,21 @@ def test_ulira_refuses_sequential_requests_and_too_many_shadows(make_cfg, tmp_pa
         execute(make_cfg(*QUICK, "requests=2"), tmp_path / "a")
     with pytest.raises(ConfigError, match="num_shadows=3"):
         execute(make_cfg(*QUICK, "eval.evaluators.ulira.num_shadows=3"), tmp_path / "b")
+
+
+def test_class_forgetting_shadows_retrain_without_the_whole_class(make_cfg, tmp_path):
+    import json
+
+    from data.splits import index_digest, keep_matrix
+    from runner.pipeline import load_dataset
+
+    cfg = make_cfg(*QUICK, "method=ft", "forget=class", "forget.class_id=1", cache_dir=tmp_path / "c")
+    result = execute(cfg, tmp_path / "a")
+    assert 0.0 <= result["metrics"]["unlearned"]["ulira_auc"] <= 100.0
+    ds = load_dataset(cfg)
+    labels = ds.population[1].numpy()
+    keep = keep_matrix(2, len(labels))
+    expected = {index_digest(np.flatnonzero(keep[s] & (labels != 1))) for s in range(2)}
+    found = {json.loads((d / "manifest.json").read_text())["spec"]["train_idx_sha256"]
+             for d in (tmp_path / "c" / "shadow").glob("[!.]*")}
+    assert found == expected
