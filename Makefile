@@ -4,7 +4,7 @@ STAMP   := .venv/.installed
 # The sweep that `make table-demo` tabulates: the newest Hydra sweep dir unless SWEEP=... is given.
 SWEEP   ?= $(shell ls -td outputs/demo outputs/multirun/*/*/ 2>/dev/null | head -1)
 
-.PHONY: help setup demo table-demo table-amun-cifar10 table-offline test test-slow clean
+.PHONY: help setup demo table-demo table-amun-cifar10 table-offline table-trw test test-slow clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -38,6 +38,16 @@ table-offline: setup  ## AMUN comparison on digits + CIFAR-10 JPEG subset, 3 see
 	  $(PY) -m runner -m experiment=compare dataset=$$ds logger=none method=$(WITHOUT_DR) \
 	      method.use_retain=false $(ARGS) && \
 	  $(PY) -m runner.report outputs/compare/$$ds || exit 1; \
+	done
+
+# Class unlearning (TRW paper's comparison), forget class 1, 3 seeds, on the offline data.
+CLASS_METHODS := retrain,ft,rl,ga,bs,be,l1_sparse,salun,scrub,trw
+CLASS_COLUMNS := forget_acc,retain_acc,test_forget_acc,test_retain_acc,mia_efficacy,mia_nn,avg_gap
+table-trw: setup  ## class-unlearning table (TRW, MIA-NN) on digits + CIFAR-10 JPEG subset, 3 seeds
+	for ds in digits cifar10_jpeg; do \
+	  $(PY) -m runner -m experiment=trw_table dataset=$$ds logger=none method=$(CLASS_METHODS) \
+	      $(ARGS) && \
+	  $(PY) -m runner.report outputs/trw_table/$$ds --columns $(CLASS_COLUMNS) || exit 1; \
 	done
 
 test: setup  ## the test suite (fast CPU tests)
