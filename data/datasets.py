@@ -19,7 +19,6 @@ Names and sources (the first source is what ``source="auto"`` picks):
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -36,6 +35,7 @@ import torch
 
 from . import builtin, images, readers
 from .readers import Arrays, DatasetError
+from .dataset import Dataset, fingerprint_of  # noqa: F401  (datasets.Dataset is the public name)
 
 # Bump when a reader's output for the same files changes, so old cache entries are not reused.
 READER_VERSION = 1
@@ -44,109 +44,6 @@ log = logging.getLogger("data")
 
 TINYIMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 TINYIMAGENET_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
-
-
-@dataclass(frozen=True, eq=False)  # eq=False: tensors have no boolean ==; compare fingerprints
-class Dataset:
-    """A fully decoded dataset: uint8 images (N, C, H, W) and int64 labels for both splits.
-
-    ``fingerprint`` is a sha256 over the dtypes, shapes and bytes of the four tensors, so two
-    datasets with the same fingerprint hold identical data.
-    """
-
-    name: str
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-    classes: tuple[str, ...]
-    fingerprint: str
-
-    def __post_init__(self) -> None:
-        for split, x, y in (("train", self.train_x, self.train_y),
-                            ("test", self.test_x, self.test_y)):
-            if x.dtype != torch.uint8 or x.ndim != 4 or not x.is_contiguous():
-                raise ValueError(f"{split}_x: {x.dtype} {tuple(x.shape)}, expected contiguous "
-                                 "uint8 (N, C, H, W)")
-            if y.dtype != torch.int64 or tuple(y.shape) != (x.shape[0],) or (
-                    y.numel() and not 0 <= int(y.min()) <= int(y.max()) < len(self.classes)):
-                raise ValueError(f"{split}_y: expected int64 ({x.shape[0]},) with ids in "
-                                 f"[0, {len(self.classes)})")
-        if self.train_x.shape[1:] != self.test_x.shape[1:]:
-            raise ValueError("train and test images differ in shape")
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """Image shape (C, H, W)."""
-        c, h, w = self.train_x.shape[1:]
-        return int(c), int(h), int(w)
-
-    @functools.cached_property
-    def population(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Train then test, as one (images, labels) pair: the population that membership
-        attacks' reference models are drawn from. Built once per Dataset object."""
-        return torch.cat([self.train_x, self.test_x]), torch.cat([self.train_y, self.test_y])
-
-    def to(self, device: torch.device | str) -> "Dataset":
-        """The same data on `device` (same fingerprint)."""
-        return Dataset(self.name, self.train_x.to(device), self.train_y.to(device),
-                       self.test_x.to(device), self.test_y.to(device), self.classes,
-                       self.fingerprint)
-
-    def subset(self, train: int | None, test: int | None, seed: int = 0) -> "Dataset":
-        """A class-balanced random subset: `train` (`test`) images, the same number from every
-        class, drawn with `np.random.RandomState(seed)` and kept in their original order. None
-        keeps a split whole. The fingerprint is the subset's own, so models trained on different
-        subsets never share a cache entry."""
-        parts = []
-        for split, n, y in (("train", train, self.train_y), ("test", test, self.test_y)):
-            parts.append(None if n is None else _balanced(split, n, y.cpu().numpy(),
-                                                          self.num_classes, seed))
-        if train is None and test is None:
-            return self
-        pick = [(x if i is None else x[torch.as_tensor(i, device=x.device)],
-                 y if i is None else y[torch.as_tensor(i, device=y.device)])
-                for i, (x, y) in zip(parts, ((self.train_x, self.train_y),
-                                             (self.test_x, self.test_y)))]
-        tensors = (pick[0][0].contiguous(), pick[0][1], pick[1][0].contiguous(), pick[1][1])
-        return Dataset(self.name, *tensors, classes=self.classes,
-                       fingerprint=fingerprint_of(*(t.cpu() for t in tensors)))
-
-    def __repr__(self) -> str:
-        return (f"Dataset({self.name!r}, train={len(self.train_y)}, test={len(self.test_y)}, "
-                f"shape={self.shape}, classes={self.num_classes}, "
-                f"fingerprint={self.fingerprint[:12]}...)")
-
-
-def _balanced(split: str, n: int, y: np.ndarray, num_classes: int, seed: int) -> np.ndarray:
-    """Sorted indices of n samples, n / num_classes from each class."""
-    if n < num_classes or n % num_classes:
-        raise ValueError(f"subset.{split}={n}: must be a positive multiple of the "
-                         f"{num_classes} classes (the subset is class-balanced)")
-    per_class, rng, chosen = n // num_classes, np.random.RandomState(seed), []
-    for c in range(num_classes):
-        members = np.flatnonzero(y == c)
-        if len(members) < per_class:
-            raise ValueError(f"subset.{split}={n} needs {per_class} images of class {c}; the "
-                             f"{split} split has {len(members)}")
-        chosen.append(rng.choice(members, per_class, replace=False))
-    return np.sort(np.concatenate(chosen))
-
-
-def fingerprint_of(train_x: torch.Tensor, train_y: torch.Tensor,
-                   test_x: torch.Tensor, test_y: torch.Tensor) -> str:
-    """sha256 hex over the four tensors' tags, dtypes, shapes and bytes."""
-    digest = hashlib.sha256()
-    for tag, tensor in (("train_x", train_x), ("train_y", train_y),
-                        ("test_x", test_x), ("test_y", test_y)):
-        array = np.ascontiguousarray(tensor.numpy())
-        digest.update(f"{tag}:{array.dtype.str}:{list(array.shape)};".encode())
-        digest.update(memoryview(array).cast("B"))
-    return digest.hexdigest()
 
 
 def _tensor(array: np.ndarray, dtype: np.dtype) -> torch.Tensor:

@@ -110,3 +110,19 @@ def keep_matrix(num_models: int, population: int, seed: int = 0) -> np.ndarray:
         raise SplitError(f"reference models: need an even number >= 2, got {num_models}")
     rng = np.random.RandomState(seed)  # the same stream as np.random.seed(seed)
     return rng.uniform(0, 1, (num_models, population)).argsort(0) < num_models / 2
+
+
+def balanced_indices(y: np.ndarray, n: int, num_classes: int, seed: int, *, what: str) -> np.ndarray:
+    """Sorted indices of n samples of labels y, n / num_classes from each class, drawn with
+    `np.random.RandomState(seed)`; `what` names the split in errors."""
+    if n < num_classes or n % num_classes:
+        raise ValueError(f"subset.{what}={n}: must be a positive multiple of the "
+                         f"{num_classes} classes (the subset is class-balanced)")
+    per_class, rng, chosen = n // num_classes, np.random.RandomState(seed), []
+    for c in range(num_classes):
+        members = np.flatnonzero(y == c)
+        if len(members) < per_class:
+            raise ValueError(f"subset.{what}={n} needs {per_class} images of class {c}; the "
+                             f"{what} split has {len(members)}")
+        chosen.append(rng.choice(members, per_class, replace=False))
+    return np.sort(np.concatenate(chosen))

@@ -40,8 +40,6 @@ def _logits_spec(model_key: str, dataset_fingerprint: str) -> dict:
 class ReferenceOutputs:
     logits: np.ndarray       # float32 (M, P, C): each reference model on the population
     labels: np.ndarray       # int64 (P,)
-    keep: np.ndarray         # bool (M, P): which samples each model trained on
-    keys: list[str]          # the models' cache keys
 
 
 def cached_logits(cache: Cache, model_key: str, dataset_fingerprint: str,
@@ -93,19 +91,18 @@ class References:
         self._used = True
         if self._outputs is None:
             population, labels = self.ds.population
-            logits, keys = [], []
+            logits = []
             for m in range(self.num_models):
                 key = key_of(model_spec(self.cfg, self.ds, np.flatnonzero(self.keep[m]), seed=m,
                                         population=True))
                 found = self.cache.load("logits", key_of(_logits_spec(key, self.ds.fingerprint)))
                 if found is None:
-                    model, key = self.model(m)
+                    model, _ = self.model(m)
                     log.info("reference model %d/%d: population outputs", m + 1, self.num_models)
                     self.stats["outputs_computed"] += 1
                     logits.append(cached_logits(self.cache, key, self.ds.fingerprint, lambda: predict(
                         model, population, self.cfg.eval_batch_size).cpu().numpy()))
                 else:
                     logits.append(np.load(found / "logits.npy"))
-                keys.append(key)
-            self._outputs = ReferenceOutputs(np.stack(logits), labels.cpu().numpy(), self.keep, keys)
+            self._outputs = ReferenceOutputs(np.stack(logits), labels.cpu().numpy())
         return self._outputs

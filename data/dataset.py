@@ -1,0 +1,100 @@
+"""The decoded dataset: uint8 image tensors and int64 labels for both splits, with a content
+fingerprint that names it in cache keys (`data.datasets.load` builds it)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .splits import balanced_indices
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: tensors have no boolean ==; compare fingerprints
+class Dataset:
+    """A fully decoded dataset: uint8 images (N, C, H, W) and int64 labels for both splits.
+
+    ``fingerprint`` is a sha256 over the dtypes, shapes and bytes of the four tensors, so two
+    datasets with the same fingerprint hold identical data.
+    """
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: tuple[str, ...]
+    fingerprint: str
+
+    def __post_init__(self) -> None:
+        for split, x, y in (("train", self.train_x, self.train_y),
+                            ("test", self.test_x, self.test_y)):
+            if x.dtype != torch.uint8 or x.ndim != 4 or not x.is_contiguous():
+                raise ValueError(f"{split}_x: {x.dtype} {tuple(x.shape)}, expected contiguous "
+                                 "uint8 (N, C, H, W)")
+            if y.dtype != torch.int64 or tuple(y.shape) != (x.shape[0],) or (
+                    y.numel() and not 0 <= int(y.min()) <= int(y.max()) < len(self.classes)):
+                raise ValueError(f"{split}_y: expected int64 ({x.shape[0]},) with ids in "
+                                 f"[0, {len(self.classes)})")
+        if self.train_x.shape[1:] != self.test_x.shape[1:]:
+            raise ValueError("train and test images differ in shape")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Image shape (C, H, W)."""
+        c, h, w = self.train_x.shape[1:]
+        return int(c), int(h), int(w)
+
+    @functools.cached_property
+    def population(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Train then test, as one (images, labels) pair: the population that membership
+        attacks' reference models are drawn from. Built once per Dataset object."""
+        return torch.cat([self.train_x, self.test_x]), torch.cat([self.train_y, self.test_y])
+
+    def to(self, device: torch.device | str) -> "Dataset":
+        """The same data on `device` (same fingerprint)."""
+        return Dataset(self.name, self.train_x.to(device), self.train_y.to(device),
+                       self.test_x.to(device), self.test_y.to(device), self.classes,
+                       self.fingerprint)
+
+    def subset(self, train: int | None, test: int | None, seed: int = 0) -> "Dataset":
+        """A class-balanced random subset (`splits.balanced_indices`): `train` (`test`) images,
+        the same number from every class, kept in their original order; None keeps a split whole.
+        The fingerprint is the subset's own, so models trained on different subsets never share a
+        cache entry."""
+        if train is None and test is None:
+            return self
+        tensors = []
+        for split, n, x, y in (("train", train, self.train_x, self.train_y),
+                               ("test", test, self.test_x, self.test_y)):
+            if n is not None:
+                idx = balanced_indices(y.cpu().numpy(), n, self.num_classes, seed, what=split)
+                idx = torch.as_tensor(idx, device=x.device)
+                x, y = x[idx].contiguous(), y[idx]
+            tensors += [x, y]
+        return Dataset(self.name, *tensors, classes=self.classes,
+                       fingerprint=fingerprint_of(*(t.cpu() for t in tensors)))
+
+    def __repr__(self) -> str:
+        return (f"Dataset({self.name!r}, train={len(self.train_y)}, test={len(self.test_y)}, "
+                f"shape={self.shape}, classes={self.num_classes}, "
+                f"fingerprint={self.fingerprint[:12]}...)")
+
+
+def fingerprint_of(train_x: torch.Tensor, train_y: torch.Tensor,
+                   test_x: torch.Tensor, test_y: torch.Tensor) -> str:
+    """sha256 hex over the four tensors' tags, dtypes, shapes and bytes."""
+    digest = hashlib.sha256()
+    for tag, tensor in (("train_x", train_x), ("train_y", train_y),
+                        ("test_x", test_x), ("test_y", test_y)):
+        array = np.ascontiguousarray(tensor.numpy())
+        digest.update(f"{tag}:{array.dtype.str}:{list(array.shape)};".encode())
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
