@@ -42,7 +42,7 @@ table-offline: setup  ## AMUN comparison on digits + CIFAR-10 JPEG subset, 3 see
 
 # Class unlearning (TRW paper's comparison), forget class 1, 3 seeds, on the offline data.
 CLASS_METHODS := retrain,ft,rl,ga,bs,be,l1_sparse,salun,scrub,trw
-CLASS_COLUMNS := forget_acc,retain_acc,test_forget_acc,test_retain_acc,mia_efficacy,mia_nn,avg_gap
+CLASS_COLUMNS := forget_acc,retain_acc,test_forget_acc,test_retain_acc,mia_efficacy,mia_nn,ulira_acc,avg_gap
 table-trw: setup  ## class-unlearning table (TRW, MIA-NN) on digits + CIFAR-10 JPEG subset, 3 seeds
 	for ds in digits cifar10_jpeg; do \
 	  $(PY) -m runner -m experiment=trw_table dataset=$$ds logger=none method=$(CLASS_METHODS) \

@@ -12,9 +12,10 @@ Conventions shared by every model here:
   returns its input (the penultimate representation).
 """
 
+from models.airbench import AirbenchNet
 from models.layers import Normalize
 from models.resnet import ResNet18
 from models.small import SmallCNN
 from models.vgg import VGG19BN
 
-__all__ = ["Normalize", "ResNet18", "SmallCNN", "VGG19BN"]
+__all__ = ["AirbenchNet", "Normalize", "ResNet18", "SmallCNN", "VGG19BN"]

@@ -36,6 +36,9 @@ class Schedule:
     name: str = MISSING
     step_size: Optional[int] = None
     gamma: Optional[float] = None
+    warmup: Optional[float] = None   # triangle: fraction of the steps spent warming up
+    start: Optional[float] = None    # triangle: lr factor at the first step
+    end: Optional[float] = None      # triangle: lr factor at the last step
 
 
 @dataclass
@@ -49,6 +52,9 @@ class TrainRecipe:
     schedule: Schedule = MISSING
     precision: str = MISSING
     channels_last: bool = MISSING
+    label_smoothing: float = MISSING
+    bias_lr_scale: float = MISSING
+    compile: bool = MISSING
 
 
 @dataclass
@@ -209,9 +215,18 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"train.precision must be fp32 or bf16, got {train.precision!r}")
     if train.schedule.name == "step" and (train.schedule.get("step_size") or 0) < 1:
         raise ConfigError("train.schedule: the step schedule needs step_size >= 1 and gamma")
-    if train.schedule.name not in ("step", "cosine", "constant"):
-        raise ConfigError(f"train.schedule.name must be step, cosine or constant, got "
+    if train.schedule.name not in ("step", "cosine", "constant", "triangle"):
+        raise ConfigError(f"train.schedule.name must be step, cosine, constant or triangle, got "
                           f"{train.schedule.name!r}")
+    if train.schedule.name == "triangle":
+        w, a, b = (train.schedule.get(k) for k in ("warmup", "start", "end"))
+        if None in (w, a, b) or not (0 < w < 1 and a >= 0 and b >= 0):
+            raise ConfigError("train.schedule: the triangle schedule needs 0 < warmup < 1, "
+                              f"start >= 0 and end >= 0, got warmup={w} start={a} end={b}")
+    if not 0 <= train.label_smoothing < 1:
+        raise ConfigError(f"train.label_smoothing must be in [0, 1), got {train.label_smoothing}")
+    if train.bias_lr_scale <= 0:
+        raise ConfigError(f"train.bias_lr_scale must be > 0, got {train.bias_lr_scale}")
     _check_ranges(dict(train), "train")
     if cfg.stage not in ("unlearn", "reference"):
         raise ConfigError(f"stage must be unlearn or reference, got {cfg.stage!r}")

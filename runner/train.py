@@ -7,6 +7,7 @@ backward and the optimizer step (SalUn's saliency mask is one).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import sys
@@ -16,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from data.loader import to_float
+
 log = logging.getLogger("runner.train")
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -24,21 +27,54 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
 def sgd(model: torch.nn.Module, *, lr: float, momentum: float, weight_decay: float,
-        nesterov: bool = False) -> torch.optim.SGD:
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
+        nesterov: bool = False, bias_lr_scale: float = 1.0) -> torch.optim.SGD:
+    """SGD over the trainable parameters. `bias_lr_scale` != 1 puts the BatchNorm shifts in a group
+    of their own at lr x scale and weight decay / scale, so their decay per step (lr x wd) is the
+    others' (airbench's "bias scaler")."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if bias_lr_scale == 1.0:
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                               nesterov=nesterov)
+    norm_bias = {id(m.bias) for m in model.modules()
+                 if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.bias is not None}
+    biases = [p for p in params if id(p) in norm_bias]
+    others = [p for p in params if id(p) not in norm_bias]
+    groups = [{"params": others},
+              {"params": biases, "lr": lr * bias_lr_scale,
+               "weight_decay": weight_decay / bias_lr_scale}]
+    return torch.optim.SGD([g for g in groups if g["params"]], lr=lr, momentum=momentum,
                            weight_decay=weight_decay, nesterov=nesterov)
 
 
+def triangle(step: int, total: int, warmup: float, start: float, end: float) -> float:
+    """Learning-rate factor of the warm-up/decay schedule: linear from `start` to 1 over the first
+    `warmup` fraction of the `total` steps, then linear to `end` at the last step (airbench)."""
+    peak = warmup * total
+    if step < peak:
+        return start + (1.0 - start) * step / peak
+    return 1.0 + (end - 1.0) * (step - peak) / max(total - peak, 1e-12)
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, *, name: str, epochs: int,
-                   step_size: int | None = None, gamma: float | None = None):
-    """Per-epoch learning-rate schedule: `step` (x gamma every step_size epochs), `cosine`, `constant`."""
+                   step_size: int | None = None, gamma: float | None = None,
+                   warmup: float | None = None, start: float | None = None,
+                   end: float | None = None, steps_per_epoch: int | None = None):
+    """Learning-rate schedule: `step` (x gamma every step_size epochs), `cosine`, `constant`, all
+    per epoch, or `triangle` (see `triangle`), per optimizer step; the latter's scheduler carries
+    `per_step = True`, which `fit` reads."""
     if name == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     if name == "constant":
         return None
-    raise ValueError(f"unknown schedule {name!r}; choose step, cosine or constant")
+    if name == "triangle":
+        total = epochs * steps_per_epoch
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda i: triangle(i, total, warmup, start, end))
+        sched.per_step = True
+        return sched
+    raise ValueError(f"unknown schedule {name!r}; choose step, cosine, constant or triangle")
 
 
 def fit(model: torch.nn.Module, batches: Iterable, *, epochs: int,
@@ -49,6 +85,7 @@ def fit(model: torch.nn.Module, batches: Iterable, *, epochs: int,
     dtype = PRECISIONS[precision]
     device_type = next(model.parameters()).device.type
     steps = epochs * len(batches)
+    per_step = getattr(scheduler, "per_step", False)
     # A bar only where someone watches a terminal and the loop is long enough to wait on.
     bar = tqdm(total=steps, desc=desc, leave=False,
                disable=not sys.stderr.isatty() or steps < 200)
@@ -63,15 +100,41 @@ def fit(model: torch.nn.Module, batches: Iterable, *, epochs: int,
             if grad_hook is not None:
                 grad_hook(model)
             optimizer.step()
+            if per_step:
+                scheduler.step()
             total += loss.detach().float()
             bar.update()
-        if scheduler is not None:
+        if scheduler is not None and not per_step:
             scheduler.step()
         mean_loss = total.item() / max(len(batches), 1)  # one sync per epoch
         if not math.isfinite(mean_loss):
             log.warning("%s: loss became %s in epoch %d", desc, mean_loss, epoch + 1)
         log.debug("%s epoch %d/%d loss %.4f", desc, epoch + 1, epochs, mean_loss)
     bar.close()
+    return model.eval()
+
+
+def train_from_scratch(model: torch.nn.Module, batches, recipe, *, desc: str = "train",
+                       whiten_samples: int = 5000) -> torch.nn.Module:
+    """Train a freshly built model with a recipe (a `conf/train` node): SGD (Nesterov, BN-bias lr
+    scale), the recipe's schedule, label smoothing, precision, and `torch.compile` when asked.
+
+    A model with `init_from_data(images)` (airbench's whitening layer) first gets `whiten_samples`
+    training images, evenly spaced through the set so every class is there even when it is sorted.
+    The compiled module is only used to train; `model` itself holds the weights afterwards.
+    """
+    if hasattr(model, "init_from_data"):
+        n = len(batches.x)
+        pick = torch.linspace(0, n - 1, min(n, whiten_samples), device=batches.x.device).long()
+        model.init_from_data(to_float(batches.x[pick]))
+    opt = sgd(model, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
+              nesterov=recipe.nesterov, bias_lr_scale=recipe.bias_lr_scale)
+    sched = make_scheduler(opt, epochs=recipe.epochs, steps_per_epoch=len(batches),
+                           **recipe.schedule)
+    loss_fn = functools.partial(F.cross_entropy, label_smoothing=recipe.label_smoothing)
+    runnable = torch.compile(model) if recipe.compile else model
+    fit(runnable, batches, epochs=recipe.epochs, optimizer=opt, scheduler=sched, loss_fn=loss_fn,
+        precision=recipe.precision, desc=desc)
     return model.eval()
 
 

@@ -19,7 +19,7 @@ from data.loader import Augment, Batches
 from data.splits import index_digest
 from runner.cache import Cache, code_fingerprint, load_model, save_model
 from runner.config import ConfigError, build_model
-from runner.train import fit, make_scheduler, sgd
+from runner.train import train_from_scratch
 
 log = logging.getLogger("runner")
 
@@ -54,7 +54,7 @@ def load_dataset(cfg: DictConfig) -> datasets.Dataset:
     """Load the dataset and check it against what its config promised."""
     d = cfg.dataset
     ds = datasets.load(d.name, root=d.root, source=d.source, download=d.download,
-                       cache_dir=cfg.paths.cache_dir, **OmegaConf.to_container(d.options))
+                       cache_dir=cfg.paths.cache_dir, **OmegaConf.to_container(d.options, resolve=True))
     try:
         ds = ds.subset(d.subset.train, d.subset.test, seed=d.subset.seed)
     except ValueError as err:
@@ -80,7 +80,9 @@ def model_spec(cfg: DictConfig, ds: datasets.Dataset, train_idx: np.ndarray, *,
     `population`: train_idx indexes train + test (reference models), not the training set."""
     recipe = OmegaConf.to_container(cfg.train, resolve=True)
     schedule = recipe.pop("schedule")
-    recipe["schedule"] = (schedule if schedule["name"] == "step" else {"name": schedule["name"]})
+    # Only the schedule's own parameters: a cosine schedule's unused step_size changes nothing.
+    own = {"step": ("step_size", "gamma"), "triangle": ("warmup", "start", "end")}
+    recipe["schedule"] = {k: schedule[k] for k in ("name", *own.get(schedule["name"], ()))}
     model = OmegaConf.to_container(cfg.model, resolve=True)
     spec = {
         "dataset": {"name": ds.name, "fingerprint": ds.fingerprint,
@@ -119,11 +121,7 @@ def train_or_load(cfg: DictConfig, cache: Cache, kind: str, ds: datasets.Dataset
         batches = Batches(x[idx], y[idx], batch_size=recipe.batch_size,
                           shuffle=True, seed=seed, augment=Augment(**cfg.dataset.augment),
                           channels_last=recipe.channels_last)
-        opt = sgd(model, lr=recipe.lr, momentum=recipe.momentum,
-                  weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
-        sched = make_scheduler(opt, epochs=recipe.epochs, **recipe.schedule)
-        fit(model, batches, epochs=recipe.epochs, optimizer=opt, scheduler=sched,
-            precision=recipe.precision, desc=desc or kind)
+        train_from_scratch(model, batches, recipe, desc=desc or kind)
         save_model(directory, model)
 
     path, key, hit = cache.get_or_build(

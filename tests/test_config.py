@@ -23,7 +23,7 @@ def test_every_option_composes_and_validates(make_cfg, group):
     assert _options(group), f"conf/{group} is empty"
     for option in _options(group):
         class_forget = (group, option) in {("forget", "class"), ("method", "trw"),
-                                           ("eval", "class_unlearning")}
+                                           ("eval", "class_unlearning"), ("eval", "class_ulira")}
         extra = ["forget=class", "forget.class_id=1"] if class_forget else []
         cfg = make_cfg(f"{group}={option}", *extra)
         validate(cfg)
@@ -62,7 +62,7 @@ def test_paper_defaults_for_cifar10(make_cfg):
     (["train.lr=0"], r"train.lr must be > 0"),
     (["train.momentum=1.5"], r"train.momentum must be >= 0.0 and <= 1.0"),
     (["train=paper", "train.schedule.step_size=null"], "needs step_size"),
-    (["train.schedule.name=linear"], "step, cosine or constant"),
+    (["train.schedule.name=linear"], "step, cosine, constant or triangle"),
     (["eval.gap_metrics=[test_forget_acc]"], "no evaluator reports for forget=random"),
     (["eval.evaluators.mia_efficacy.num_members=-3"], "num_members must be >= 1"),
     (["eval_batch_size=0"], "eval_batch_size must be >= 1"),

@@ -1,0 +1,151 @@
+"""The train=fast path: the airbench network (whitening, identity init, TTA), the recipe's optimizer
+and schedule, and a whole run on CPU with the same code the GPU runs."""
+
+from __future__ import annotations
+
+import copy
+import json
+import pytest
+import torch
+import torch.nn.functional as F
+
+from data.loader import Batches
+from models.airbench import AirbenchNet
+from runner.__main__ import execute
+from runner.train import fit, make_scheduler, sgd, triangle
+from tests.conftest import FAST
+
+
+def _net(size: int = 32, channels: int = 3, tta: int = 0, widths=(8, 16, 16)) -> AirbenchNet:
+    torch.manual_seed(0)
+    return AirbenchNet(num_classes=10, in_channels=channels, image_size=size, mean=[0.5] * channels,
+                       std=[0.25] * channels, widths=widths, tta=tta)
+
+
+def _smooth_images(n: int = 64, size: int = 32, seed: int = 0) -> torch.Tensor:
+    """Images with strongly correlated neighbouring pixels (like natural ones), in [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, size // 4, size // 4, generator=g)
+    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return (x + 0.05 * torch.rand(n, 3, size, size, generator=g)).clamp(0, 1)
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_shapes_features_channels_last_and_bf16(size):
+    model = _net(size).eval()
+    x = _smooth_images(4, size)
+    with torch.no_grad():
+        out = model(x)
+        assert out.shape == (4, 10)
+        torch.testing.assert_close(model.fc(model.features(x)) * model.scale, out)
+        cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        torch.testing.assert_close(cl(x.contiguous(memory_format=torch.channels_last)), out,
+                                   rtol=1e-4, atol=1e-4)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert model(x).dtype == torch.bfloat16
+
+
+def test_rejects_images_below_16_pixels_and_bad_options():
+    with pytest.raises(ValueError, match="16x16"):
+        _net(size=8)
+    with pytest.raises(ValueError, match="tta"):
+        _net(tta=3)
+
+
+def test_whitening_layer_whitens_the_patches():
+    """With eps = 0 the first half of the whitening filters map the 2x2 patches of the images
+    they were fitted on to unit covariance; the second half are their negatives."""
+    model, x = _net(), _smooth_images()
+    model.init_from_data(x, eps=0.0)
+    z = F.conv2d(model.normalize(x).double(), model.whiten.weight.double())  # no bias
+    half = z.shape[1] // 2
+    flat = z[:, :half].permute(0, 2, 3, 1).reshape(-1, half)
+    cov = flat.T @ flat / len(flat)
+    torch.testing.assert_close(cov, torch.eye(half, dtype=torch.float64), atol=1e-4, rtol=0)  # fp32 filters
+    torch.testing.assert_close(z[:, half:], -z[:, :half])
+    assert not model.whiten.weight.requires_grad
+
+
+def test_second_conv_of_each_group_starts_as_the_identity():
+    model, x = _net(), torch.randn(2, 16, 8, 8)
+    for group in model.groups:
+        c = group.conv2.in_channels
+        with torch.no_grad():
+            torch.testing.assert_close(group.conv2(x[:, :1].expand(2, c, 8, 8)),
+                                       x[:, :1].expand(2, c, 8, 8))
+
+
+def _shift(x: torch.Tensor, d: int) -> torch.Tensor:
+    """view[i, j] = x[i - d, j - d], with the missing row/column reflected (d = +-1)."""
+    if d == 1:
+        x = torch.cat([x[:, :, 1:2], x[:, :, :-1]], 2)
+        return torch.cat([x[:, :, :, 1:2], x[:, :, :, :-1]], 3)
+    x = torch.cat([x[:, :, 1:], x[:, :, -2:-1]], 2)
+    return torch.cat([x[:, :, :, 1:], x[:, :, :, -2:-1]], 3)
+
+
+def test_test_time_augmentation_averages_the_views_in_eval_mode_only():
+    plain = _net(tta=0).eval()
+    x = _smooth_images(3)
+    with torch.no_grad():
+        def mirror(v):
+            return (plain(v) + plain(v.flip(3))) / 2
+
+        for level, expected in ((1, mirror(x)),
+                                (2, 0.5 * mirror(x) + 0.25 * (mirror(_shift(x, 1))
+                                                              + mirror(_shift(x, -1))))):
+            model = copy.deepcopy(plain)
+            model.tta = level
+            torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-6)
+        train_a, train_b = copy.deepcopy(plain).train(), copy.deepcopy(plain).train()
+        train_b.tta = 2
+        torch.testing.assert_close(train_a(x), train_b(x))
+
+
+def test_bias_lr_scale_puts_batchnorm_shifts_in_their_own_group():
+    model = _net()
+    opt = sgd(model, lr=1.5, momentum=0.85, weight_decay=1e-3, nesterov=True, bias_lr_scale=64.0)
+    others, biases = opt.param_groups
+    bn_biases = [m.bias for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert {id(p) for p in biases["params"]} == {id(p) for p in bn_biases}
+    assert (biases["lr"], biases["weight_decay"]) == (96.0, 1e-3 / 64)
+    assert (others["lr"], others["weight_decay"], others["nesterov"]) == (1.5, 1e-3, True)
+    frozen = {id(model.whiten.weight)} | {id(m.weight) for m in model.modules()
+                                          if isinstance(m, torch.nn.BatchNorm2d)}
+    in_groups = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert not frozen & in_groups
+    assert in_groups | frozen == {id(p) for p in model.parameters()}
+
+
+def test_triangle_schedule_steps_per_batch():
+    assert triangle(0, 100, 0.25, 0.2, 0.1) == pytest.approx(0.2)
+    assert triangle(25, 100, 0.25, 0.2, 0.1) == pytest.approx(1.0)
+    assert triangle(10, 100, 0.25, 0.2, 0.1) == pytest.approx(0.2 + 0.8 * 10 / 25)
+    assert triangle(100, 100, 0.25, 0.2, 0.1) == pytest.approx(0.1)
+    assert triangle(50, 100, 0.25, 0.2, 0.1) == pytest.approx(1.0 - 0.9 * 25 / 75)
+    model = torch.nn.Linear(4, 2)
+    opt = sgd(model, lr=2.0, momentum=0.0, weight_decay=0.0)
+    x, y = torch.randint(0, 256, (40, 1, 2, 2), dtype=torch.uint8), torch.randint(0, 2, (40,))
+    batches = Batches(x, y, batch_size=10, shuffle=True, seed=0)
+    sched = make_scheduler(opt, name="triangle", epochs=2, steps_per_epoch=len(batches),
+                           warmup=0.25, start=0.2, end=0.1)
+    seen = []
+    fit(torch.nn.Sequential(torch.nn.Flatten(), model), batches, epochs=2, optimizer=opt,
+        scheduler=sched, grad_hook=lambda m: seen.append(opt.param_groups[0]["lr"]))
+    assert seen == pytest.approx([2.0 * triangle(i, 8, 0.25, 0.2, 0.1) for i in range(8)])
+
+
+@pytest.mark.parametrize("compile_", [False, True])
+def test_train_fast_runs_end_to_end_and_learns(make_cfg, tmp_path, compile_):
+    """train=fast + model=airbench through the runner (original, oracle, unlearning, evaluation) on
+    generated 16x16 images: the original is far above chance. `compile=true` runs the same recipe
+    through torch.compile (the code path GPU users take for speed)."""
+    cfg = make_cfg(*FAST, "dataset=synthetic", "model=airbench", "model.widths=[16,32,32]",
+                   "train=fast", "train.epochs=6", "train.batch_size=64", "train.lr=0.5",
+                   f"train.compile={str(compile_).lower()}", "method=ft", "method.epochs=1")
+    result = execute(cfg, tmp_path / "run")
+    assert result["status"] == "ok"
+    original = result["metrics"]["original"]
+    assert original["test_acc"] > 60.0, original  # 4 classes: chance is 25 %
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["metrics"]["retrain"]["forget_acc"] < original["forget_acc"]
