@@ -154,20 +154,23 @@ def _attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: s
         wrong = pred != pool.y
         exhausted = (pool.rounds == max_doublings) & (pool.step == steps)
         leave = wrong | exhausted
-        n_leave = int(leave.sum())  # the one host sync per step
-        if n_leave < len(pool.idx):
-            # Frozen rows get no loss, hence a zero gradient; their slots are dropped below.
-            loss = F.cross_entropy(logits, pool.y, reduction="none")[~leave].sum()
+        stay = (~leave).nonzero().squeeze(1)  # the one host sync per step
+        if len(stay):
+            # Leaving rows get no loss, hence a zero gradient; their slots are dropped below.
+            loss = (F.cross_entropy(logits, pool.y, reduction="none") * ~leave).sum()
             grad, = torch.autograd.grad(loss, x_in)
         pool.x_t = x_in.detach()
-        if n_leave:
-            out = pool.idx[leave]
-            x_adv[out], y_adv[out] = pool.x_t[leave], pred[leave]
-            eps_out[out], success[out] = pool.iter_eps[leave], wrong[leave]
-            keep = ~leave
-            pool = pool.select(keep)
-            if len(pool.idx):
-                grad = grad[keep]
+        if len(stay) < len(pool.idx):
+            # Write the leaving rows out by masked selection over the whole pool: index
+            # arithmetic on the device, no second sync.
+            pick = _per_sample(leave, pool.x_t)
+            x_adv[pool.idx] = torch.where(pick, pool.x_t, x_adv[pool.idx])
+            y_adv[pool.idx] = torch.where(leave, pred, y_adv[pool.idx])
+            eps_out[pool.idx] = torch.where(leave, pool.iter_eps, eps_out[pool.idx])
+            success[pool.idx] = torch.where(leave, wrong, success[pool.idx])
+            pool = pool.select(stay)
+            if len(stay):
+                grad = grad[stay]
         if len(pool.idx):
             pool.x_t = _pgd_step(pool, grad, norm, step_ratio)
             _advance(pool, max_doublings, steps)
