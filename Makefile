@@ -4,7 +4,7 @@ STAMP   := .venv/.installed
 # The sweep that `make table-demo` tabulates: the newest Hydra sweep dir unless SWEEP=... is given.
 SWEEP   ?= $(shell ls -td outputs/demo outputs/multirun/*/*/ 2>/dev/null | head -1)
 
-.PHONY: help setup demo table-demo table-amun-cifar10 table-offline table-trw test test-slow clean
+.PHONY: help setup demo table-demo table-amun-cifar10 table-offline table-trw bench bench-gpu test test-slow clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -49,6 +49,23 @@ table-trw: setup  ## class-unlearning table (TRW, MIA-NN) on digits + CIFAR-10 J
 	      $(ARGS) && \
 	  $(PY) -m runner.report outputs/trw_table/$$ds --columns $(CLASS_COLUMNS) || exit 1; \
 	done
+
+# Benchmarks (benchmarks/, docs/results/bench.md): hot-path throughput against a plain PyTorch
+# baseline (training step, inference, PGD; medians of 5 runs), and a whole small experiment timed
+# stage by stage. JSON under outputs/bench/. BENCH_ARGS / EXPERIMENT_ARGS pass options through.
+CIFAR10_JPEG ?= ../shared/data/cifar10-jpeg.tar.gz
+bench: setup  ## benchmarks on this machine (CPU: about 10 minutes on 2 cores)
+	$(PY) -m benchmarks.throughput $(BENCH_ARGS)
+	$(PY) -m benchmarks.experiment $(EXPERIMENT_ARGS)
+
+bench-gpu: setup  ## the GPU figures of docs/results/bench.md (CIFAR-10 JPEG set, CUDA)
+	$(PY) -m benchmarks.fast
+	$(PY) -m benchmarks.throughput --device cuda --data $(CIFAR10_JPEG) --batch-size 512 \
+	    --steps 30 --workers 4 --infer-images 10000 --pgd-images 1024 --name throughput_cuda \
+	    --models small_cnn,resnet18,airbench --pgd-models small_cnn,resnet18
+	$(PY) -m benchmarks.experiment --name experiment_cuda16 dataset=cifar10_jpeg \
+	    dataset.subset.train=null dataset.subset.test=null model=airbench train=fast \
+	    reference.num_models=16 device=cuda
 
 test: setup  ## the test suite (fast CPU tests)
 	$(PY) -m pytest -q

@@ -21,22 +21,27 @@ from methods.common import UnlearnData
 from runner.train import finetune
 
 
+def _resized(fc: nn.Linear, out_features: int) -> nn.Linear:
+    """A new fc with `out_features` outputs whose first rows are fc's first rows (weight, and bias
+    if fc has one: airbench's fc has none)."""
+    out = nn.Linear(fc.in_features, out_features, bias=fc.bias is not None)
+    out = out.to(fc.weight.device, fc.weight.dtype)
+    with torch.no_grad():
+        n = min(fc.out_features, out_features)
+        out.weight[:n].copy_(fc.weight[:n])
+        if fc.bias is not None:
+            out.bias[:n].copy_(fc.bias[:n])
+    return out
+
+
 def _expand(fc: nn.Linear) -> nn.Linear:
     """fc with one more output row (the shadow class); the first rows are fc's."""
-    out = nn.Linear(fc.in_features, fc.out_features + 1).to(fc.weight.device, fc.weight.dtype)
-    with torch.no_grad():
-        out.weight[:-1].copy_(fc.weight)
-        out.bias[:-1].copy_(fc.bias)
-    return out
+    return _resized(fc, fc.out_features + 1)
 
 
 def _prune(fc: nn.Linear) -> nn.Linear:
     """fc without its last output row."""
-    out = nn.Linear(fc.in_features, fc.out_features - 1).to(fc.weight.device, fc.weight.dtype)
-    with torch.no_grad():
-        out.weight.copy_(fc.weight[:-1])
-        out.bias.copy_(fc.bias[:-1])
-    return out
+    return _resized(fc, fc.out_features - 1)
 
 
 def unlearn(model: torch.nn.Module, data: UnlearnData, *, epochs: int, lr: float, momentum: float,

@@ -116,7 +116,8 @@ class AirbenchNet(nn.Module):
         self.whiten.weight.copy_(torch.cat([filters, -filters]))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate representation (B, widths[2]): the input of ``fc``."""
+        """Penultimate representation (B, widths[2]) of one view: the input of ``fc``. With
+        `tta` > 0 an eval-mode forward averages several views, so it is not fc(features(x))."""
         out = self.groups(F.gelu(self.whiten(self.normalize(x))))
         # Global max-pool as a pooling op: torch.amax's backward under torch.compile with bf16
         # autocast gave NaN gradients on CPU (torch 2.14 inductor).

@@ -239,8 +239,8 @@ def validate(cfg: DictConfig) -> None:
                           f"got {ref.index!r}")
     if isinstance(cfg.requests, bool) or not isinstance(cfg.requests, int) or cfg.requests < 1:
         raise ConfigError(f"requests must be an integer >= 1, got {cfg.requests!r}")
-    if cfg.eval_batch_size < 1:
-        raise ConfigError(f"eval_batch_size must be >= 1, got {cfg.eval_batch_size}")
+    if cfg.eval_batch_size is not None and cfg.eval_batch_size < 1:
+        raise ConfigError(f"eval_batch_size must be null or >= 1, got {cfg.eval_batch_size}")
     method = check_partial(cfg.method, "method", n_positional=2)
     _check_ranges(dict(cfg.method), "method")
     if not isinstance(cfg.method.get("use_retain"), bool):

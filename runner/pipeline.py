@@ -24,7 +24,7 @@ from runner.config import ConfigError, instantiate_partial
 from runner.evaluate import EvalContext, avg_gap, predict
 from runner.reference import References, cached_logits
 from runner.shadows import Shadows
-from runner.trained import RunState, load_dataset, resolve_device, train_or_load
+from runner.trained import RunState, eval_batch_size, load_dataset, resolve_device, train_or_load
 
 log = logging.getLogger("runner")
 
@@ -111,7 +111,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         with state.stage("evaluate" + tag):
             ctx = EvalContext(
                 ds.train_x, ds.train_y, ds.test_x, ds.test_y, sub, ds.num_classes,
-                batch_size=cfg.eval_batch_size, reference=refs.outputs, shadows=shadows.outputs,
+                batch_size=eval_batch_size(cfg, device), reference=refs.outputs, shadows=shadows.outputs,
                 oracle=oracle,
                 logit_cache=lambda key, compute: cached_logits(cache, key, ds.fingerprint, compute),
                 model_keys={id(original): state.cache_keys["original"],
@@ -202,7 +202,8 @@ def run_reference(cfg: DictConfig, run_dir: Path) -> dict:
         for m in which:
             model, keys[m] = refs.model(m)
             cached_logits(cache, keys[m], ds.fingerprint,
-                          lambda: predict(model, population, cfg.eval_batch_size).cpu().numpy())
+                          lambda: predict(model, population,
+                                          eval_batch_size(cfg, device)).cpu().numpy())
     return {"stage": "reference", "dataset": cfg.dataset.name, "seed": cfg.seed,
             "reference": {**refs.stats, "keys": keys}, "stage_seconds": state.stage_seconds,
             "device": str(device)}

@@ -27,7 +27,7 @@ from data import datasets
 from data.splits import keep_matrix
 from runner.cache import Cache, key_of
 from runner.evaluate import predict
-from runner.trained import RunState, model_spec, train_or_load
+from runner.trained import RunState, eval_batch_size, model_spec, train_or_load
 
 log = logging.getLogger("runner")
 
@@ -101,7 +101,7 @@ class References:
                     log.info("reference model %d/%d: population outputs", m + 1, self.num_models)
                     self.stats["outputs_computed"] += 1
                     logits.append(cached_logits(self.cache, key, self.ds.fingerprint, lambda: predict(
-                        model, population, self.cfg.eval_batch_size).cpu().numpy()))
+                        model, population, eval_batch_size(self.cfg, self.device)).cpu().numpy()))
                 else:
                     logits.append(np.load(found / "logits.npy"))
             self._outputs = ReferenceOutputs(np.stack(logits), labels.cpu().numpy())

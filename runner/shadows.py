@@ -24,7 +24,7 @@ from data import datasets
 from runner.cache import Cache
 from runner.evaluate import predict
 from runner.reference import References
-from runner.trained import RunState, train_or_load
+from runner.trained import RunState, eval_batch_size, train_or_load
 
 log = logging.getLogger("runner")
 
@@ -90,7 +90,8 @@ class Shadows:
             unlearned = self.unlearn_shadow(original_s, key_s, forget_s, retain_s, retrained)
             self.stats["unlearn_seconds"] += round(time.perf_counter() - start, 3)
             for phi, model in ((phi_u, unlearned), (phi_r, retrained)):
-                phi[s] = lira_phi(predict(model, forget_x, self.cfg.eval_batch_size), forget_y)
+                phi[s] = lira_phi(predict(model, forget_x, eval_batch_size(self.cfg, self.device)),
+                                  forget_y)
             log.info("shadow %d/%d: %d of the forget samples to forget", s + 1, num_shadows,
                      len(forget_s))
         self.stats["num_shadows"] = max(self.stats["num_shadows"], num_shadows)

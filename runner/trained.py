@@ -41,6 +41,18 @@ class RunState:
         log.info("stage %s done in %.1f s", name, self.stage_seconds[name])
 
 
+# Inference batch when eval_batch_size is null: large on a GPU; on a CPU inference is bound by
+# compute and caches, and batch 128 was fastest here (benchmarks/throughput.py, docs/results/bench.md).
+EVAL_BATCH = {"cuda": 1024, "cpu": 128}
+
+
+def eval_batch_size(cfg: DictConfig, device: torch.device) -> int:
+    """cfg.eval_batch_size, or the device's default (EVAL_BATCH) when it is null."""
+    if cfg.eval_batch_size is not None:
+        return cfg.eval_batch_size
+    return EVAL_BATCH.get(device.type, 1024)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -84,6 +96,7 @@ def model_spec(cfg: DictConfig, ds: datasets.Dataset, train_idx: np.ndarray, *,
     own = {"step": ("step_size", "gamma"), "triangle": ("warmup", "start", "end")}
     recipe["schedule"] = {k: schedule[k] for k in ("name", *own.get(schedule["name"], ()))}
     model = OmegaConf.to_container(cfg.model, resolve=True)
+    model.pop("tta", None)  # test-time augmentation changes no weight: one cached model serves all
     spec = {
         "dataset": {"name": ds.name, "fingerprint": ds.fingerprint,
                     "augment": OmegaConf.to_container(cfg.dataset.augment)},

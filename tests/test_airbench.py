@@ -66,13 +66,17 @@ def test_whitening_layer_whitens_the_patches():
     assert not model.whiten.weight.requires_grad
 
 
-def test_second_conv_of_each_group_starts_as_the_identity():
-    model, x = _net(), torch.randn(2, 16, 8, 8)
+def test_convs_start_as_the_identity_on_their_first_channels():
+    """Dirac init: conv2 of each group maps its input to itself; conv1 copies its first
+    min(in, out) input channels to its first outputs."""
+    model = _net()
     for group in model.groups:
-        c = group.conv2.in_channels
         with torch.no_grad():
-            torch.testing.assert_close(group.conv2(x[:, :1].expand(2, c, 8, 8)),
-                                       x[:, :1].expand(2, c, 8, 8))
+            x = torch.randn(2, group.conv2.in_channels, 8, 8)
+            torch.testing.assert_close(group.conv2(x), x)
+            x = torch.randn(2, group.conv1.in_channels, 8, 8)
+            n = min(group.conv1.in_channels, group.conv1.out_channels)
+            torch.testing.assert_close(group.conv1(x)[:, :n], x[:, :n])
 
 
 def _shift(x: torch.Tensor, d: int) -> torch.Tensor:

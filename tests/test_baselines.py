@@ -243,6 +243,11 @@ def test_be_expand_and_prune_keep_the_real_rows():
     back = _prune(wide)
     torch.testing.assert_close(back.weight, fc.weight)
     torch.testing.assert_close(back.bias, fc.bias)
+    # A bias-free fc (airbench's) stays bias-free both ways.
+    plain = torch.nn.Linear(5, 3, bias=False)
+    wide = _expand(plain)
+    assert wide.bias is None and torch.equal(wide.weight[:3], plain.weight)
+    assert _prune(wide).bias is None and torch.equal(_prune(wide).weight, plain.weight)
 
 
 def test_be_moves_the_forget_set_off_its_classes(make_cfg, tmp_path):

@@ -65,7 +65,7 @@ def test_paper_defaults_for_cifar10(make_cfg):
     (["train.schedule.name=linear"], "step, cosine, constant or triangle"),
     (["eval.gap_metrics=[test_forget_acc]"], "no evaluator reports for forget=random"),
     (["eval.evaluators.mia_efficacy.num_members=-3"], "num_members must be >= 1"),
-    (["eval_batch_size=0"], "eval_batch_size must be >= 1"),
+    (["eval_batch_size=0"], "eval_batch_size must be null or >= 1"),
     (["logger.mode=ofline"], "logger.mode must be one of"),
     (["device=gpu"], "device must be auto, cpu"),
 ])
