@@ -14,6 +14,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+import torch
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
@@ -274,6 +275,20 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"logger.mode must be one of {LOGGER_MODES}, got {cfg.logger.mode!r}")
     if not (cfg.device in ("auto", "cpu") or str(cfg.device).startswith("cuda")):
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+    _check_model(cfg)
+
+
+def _check_model(cfg: DictConfig) -> None:
+    """Build the model once on the CPU (well under a second): a misspelled option, or data the
+    architecture cannot take (airbench on 8x8 digits), fails here and not after data loading."""
+    from hydra.errors import InstantiationException
+
+    try:
+        with torch.random.fork_rng(devices=[]):  # the run's random streams stay untouched
+            build_model(cfg.model, cfg.dataset)
+    except (InstantiationException, TypeError, ValueError) as err:
+        raise ConfigError(f"model {cfg.model.get('_target_')} for dataset {cfg.dataset.name}: "
+                          f"{err}") from None
 
 
 def _check_attack(method: DictConfig) -> None:

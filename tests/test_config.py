@@ -25,6 +25,8 @@ def test_every_option_composes_and_validates(make_cfg, group):
         class_forget = (group, option) in {("forget", "class"), ("method", "trw"),
                                            ("eval", "class_unlearning"), ("eval", "class_ulira")}
         extra = ["forget=class", "forget.class_id=1"] if class_forget else []
+        if (group, option) in {("model", "airbench"), ("train", "fast")}:
+            extra = ["dataset=cifar10", "model=airbench"]  # airbench takes 16x16 and up
         cfg = make_cfg(f"{group}={option}", *extra)
         validate(cfg)
 
@@ -63,6 +65,13 @@ def test_paper_defaults_for_cifar10(make_cfg):
     (["train.momentum=1.5"], r"train.momentum must be >= 0.0 and <= 1.0"),
     (["train=paper", "train.schedule.step_size=null"], "needs step_size"),
     (["train.schedule.name=linear"], "step, cosine, constant or triangle"),
+    (["train=fast", "train.schedule.warmup=1.5"], "triangle schedule needs 0 < warmup < 1"),
+    (["train.schedule.name=triangle"], "triangle schedule needs"),
+    (["train=fast", "train.label_smoothing=1.0"], r"label_smoothing must be in \[0, 1\)"),
+    (["train.bias_lr_scale=0"], "bias_lr_scale must be > 0"),
+    (["model=airbench"], "at least 16x16"),  # the default dataset is 8x8 digits
+    (["dataset=cifar10", "model=airbench", "model.tta=3"], "tta must be 0, 1 or 2"),
+    (["model.width=0"], "width must be a positive int"),
     (["eval.gap_metrics=[test_forget_acc]"], "no evaluator reports for forget=random"),
     (["eval.evaluators.mia_efficacy.num_members=-3"], "num_members must be >= 1"),
     (["eval_batch_size=0"], "eval_batch_size must be null or >= 1"),
