@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from hydra import compose, initialize_config_dir
 
 from data import datasets
 from models.airbench import AirbenchNet
@@ -19,7 +20,20 @@ from models.resnet import ResNet18
 from models.small import SmallCNN
 
 OUT_DIR = Path(os.environ.get("UNLEARN_BENCH_DIR", "outputs/bench"))
+CONF = str(Path(__file__).resolve().parent.parent / "conf")
 CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
+
+
+def with_defaults(defaults: list[str], given: list[str]) -> list[str]:
+    """Hydra overrides: each default whose key `given` does not set, then `given`."""
+    keys = {o.split("=", 1)[0] for o in given}
+    return [o for o in defaults if o.split("=", 1)[0] not in keys] + list(given)
+
+
+def compose_config(overrides: list[str]):
+    """The runner's config tree (conf/) composed with `overrides`."""
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose("config", overrides=overrides)
 
 
 def device_name(device: torch.device) -> str:

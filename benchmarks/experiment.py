@@ -21,13 +21,11 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
-from benchmarks.common import OUT_DIR, device_name, write
+from benchmarks.common import OUT_DIR, compose_config, device_name, with_defaults, write
 from runner.__main__ import execute
 from runner.trained import resolve_device
 
-CONF = str(Path(__file__).resolve().parent.parent / "conf")
 DEFAULTS = ["method=amun", "eval=rmia", "reference.num_models=4", "logger=none"]
 
 
@@ -38,13 +36,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="experiment-", dir=OUT_DIR))
-    given = {o.split("=", 1)[0] for o in args.overrides}
-    overrides = [o for o in DEFAULTS if o.split("=", 1)[0] not in given] + args.overrides
-    overrides.append(f"paths.cache_dir={work / 'cache'}")
+    overrides = [*with_defaults(DEFAULTS, args.overrides), f"paths.cache_dir={work / 'cache'}"]
     try:
-        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-            cfg = compose("config", overrides=overrides)
-            ref_cfg = compose("config", overrides=[*overrides, "stage=reference"])
+        cfg = compose_config(overrides)
+        ref_cfg = compose_config([*overrides, "stage=reference"])
         start = time.perf_counter()
         ref = execute(ref_cfg, work / "reference")
         run = execute(cfg, work / "run")

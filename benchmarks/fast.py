@@ -16,19 +16,13 @@ One extra, untimed run first takes the device's start-up (and compiling, with
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-import torch
-from hydra import compose, initialize_config_dir
-
-from benchmarks.common import device_name, summary, timed, write
-from data.loader import Augment, Batches
-from runner.config import build_model, validate
+from benchmarks.common import compose_config, device_name, summary, timed, with_defaults, write
+from runner.config import validate
 from runner.evaluate import predict
-from runner.train import train_from_scratch
-from runner.trained import eval_batch_size, load_dataset, resolve_device
+from runner.trained import (eval_batch_size, fit_new_model, load_dataset, new_model,
+                            resolve_device)
 
-CONF = str(Path(__file__).resolve().parent.parent / "conf")
 DEFAULTS = ["dataset=cifar10_jpeg", "dataset.subset.train=null", "dataset.subset.test=null",
             "dataset.augment.crop_pad=2", "dataset.augment.flip=true",
             "model=airbench", "train=fast", "logger=none"]
@@ -40,24 +34,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--name", default="fast")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
-    given = {o.split("=", 1)[0] for o in args.overrides}
-    overrides = [o for o in DEFAULTS if o.split("=", 1)[0] not in given] + args.overrides
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
+    overrides = with_defaults(DEFAULTS, args.overrides)
+    cfg = compose_config(overrides)
     validate(cfg)
     device = resolve_device(cfg.device)
     ds = load_dataset(cfg).to(device)
-    recipe = cfg.train
 
     def train_once(seed: int) -> tuple[float, float]:
-        torch.manual_seed(seed)
-        model = build_model(cfg.model, cfg.dataset).to(device)
-        if recipe.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        batches = Batches(ds.train_x, ds.train_y, batch_size=recipe.batch_size, shuffle=True,
-                          seed=seed, augment=Augment(**cfg.dataset.augment),
-                          channels_last=recipe.channels_last)
-        seconds = timed(lambda: train_from_scratch(model, batches, recipe, desc="fast"), device)
+        model = new_model(cfg, device, seed)
+        seconds = timed(lambda: fit_new_model(cfg, model, ds.train_x, ds.train_y, seed, "fast"),
+                        device)
         acc = predict(model, ds.test_x, eval_batch_size(cfg, device)).argmax(1) == ds.test_y
         return seconds, float(acc.float().mean()) * 100
 

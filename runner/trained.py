@@ -114,6 +114,23 @@ def model_spec(cfg: DictConfig, ds: datasets.Dataset, train_idx: np.ndarray, *,
     return spec
 
 
+def new_model(cfg: DictConfig, device: torch.device, seed: int) -> torch.nn.Module:
+    """The run's architecture initialized from `seed`, on `device`, in the recipe's memory format."""
+    torch.manual_seed(seed)
+    model = build_model(cfg.model, cfg.dataset).to(device)
+    return model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
+
+
+def fit_new_model(cfg: DictConfig, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  seed: int, desc: str) -> torch.nn.Module:
+    """Train `new_model(...)` on images x (uint8, on its device) with the run's recipe and the
+    dataset's augmentation, batches shuffled from `seed`."""
+    recipe = cfg.train
+    batches = Batches(x, y, batch_size=recipe.batch_size, shuffle=True, seed=seed,
+                      augment=Augment(**cfg.dataset.augment), channels_last=recipe.channels_last)
+    return train_from_scratch(model, batches, recipe, desc=desc)
+
+
 def train_or_load(cfg: DictConfig, cache: Cache, kind: str, ds: datasets.Dataset,
                   train_idx: np.ndarray, device: torch.device, state: RunState, *,
                   seed: int | None = None, population: bool = False,
@@ -122,19 +139,12 @@ def train_or_load(cfg: DictConfig, cache: Cache, kind: str, ds: datasets.Dataset
     `population`, train_idx indexes train + test (a reference model); `seed` replaces cfg.seed."""
     train_idx = np.sort(train_idx)  # the key is order-free, so the training order must be too
     seed = cfg.seed if seed is None else seed
-    torch.manual_seed(seed)
-    model = build_model(cfg.model, cfg.dataset).to(device)
-    recipe = cfg.train
-    if recipe.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = new_model(cfg, device, seed)
 
     def write(directory: Path) -> None:
         idx = torch.as_tensor(train_idx, device=device)
         x, y = ds.population if population else (ds.train_x, ds.train_y)
-        batches = Batches(x[idx], y[idx], batch_size=recipe.batch_size,
-                          shuffle=True, seed=seed, augment=Augment(**cfg.dataset.augment),
-                          channels_last=recipe.channels_last)
-        train_from_scratch(model, batches, recipe, desc=desc or kind)
+        fit_new_model(cfg, model, x[idx], y[idx], seed, desc=desc or kind)
         save_model(directory, model)
 
     path, key, hit = cache.get_or_build(
