@@ -14,11 +14,12 @@ import numpy as np
 import torch
 from sklearn.svm import SVC
 
+from attacks.signals import true_softmax
+
 
 def true_label_confidence(logits: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-    """softmax(logits)[i, y_i] as float64 numpy."""
-    p = torch.softmax(logits.double(), dim=1)
-    return p.gather(1, y[:, None]).squeeze(1).cpu().numpy()
+    """softmax(logits)[i, y_i] as float64 numpy (`attacks.signals.true_softmax`)."""
+    return true_softmax(logits, y)
 
 
 def mia_efficacy_score(member: np.ndarray, nonmember: np.ndarray, target: np.ndarray, *,

@@ -77,9 +77,11 @@ def unlearn(model: torch.nn.Module, data: UnlearnData, *, max_steps: int, alpha:
     def loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         student, teacher = out[:, :classes], out[:, classes:]
         kd = distill_kl(student, teacher, temperature)
-        if (y == FORGET).all():
-            return kd  # the stream's sign -1 makes this an ascent
-        return gamma * F.cross_entropy(student, y) + alpha * kd
+        # A batch is all forget (KD alone; the stream's sign -1 makes it an ascent) or all retain.
+        # Chosen on the device, so the step needs no host sync; clamp_min keeps the CE of the
+        # branch not taken finite on forget labels.
+        retain_loss = gamma * F.cross_entropy(student, y.clamp_min(0)) + alpha * kd
+        return torch.where(y[0] == FORGET, kd, retain_loss)
 
     forget = data.stream(data.forget_x, torch.full_like(data.forget_y, FORGET), batch_size,
                          sign=-1.0)

@@ -258,9 +258,9 @@ def validate(cfg: DictConfig) -> None:
         check_partial(node, f"eval.evaluators.{name}", n_positional=2)
         _check_ranges(dict(node), f"eval.evaluators.{name}")
         shadows = node.get("num_shadows")
-        if shadows is not None and not 1 <= shadows <= cfg.reference.num_models:
+        if shadows is not None and shadows > cfg.reference.num_models:
             raise ConfigError(f"eval.evaluators.{name}.num_shadows={shadows}: the shadows are "
-                              f"reference models, so 1 .. reference.num_models "
+                              f"reference models, so at most reference.num_models "
                               f"({cfg.reference.num_models})")
         if shadows is not None and cfg.requests > 1:
             raise ConfigError(f"eval.evaluators.{name} (shadow models) evaluates one-shot "

@@ -45,6 +45,7 @@ class EvalContext:
     model_keys: dict = field(default_factory=dict)
     shadows: Callable[[int], Any] | None = None  # U-LiRA: number of shadows -> their outputs
     oracle: torch.nn.Module | None = None        # the run's retrain oracle
+    population_x: torch.Tensor | None = None     # train + test images, if the caller has them
     run_dir: Path | None = None  # where evaluators may write plots
     role: str = ""               # the role of the model being evaluated (unlearned, retrain, ...)
     _logits: dict = field(default_factory=dict, repr=False)
@@ -62,7 +63,8 @@ class EvalContext:
         key = (id(model), "population")
         if key not in self._logits:
             def compute() -> np.ndarray:
-                x = self.memo("population_x", lambda: torch.cat([self.train_x, self.test_x]))
+                x = (self.population_x if self.population_x is not None else
+                     self.memo("population_x", lambda: torch.cat([self.train_x, self.test_x])))
                 return predict(model, x, self.batch_size).cpu().numpy()
 
             cache_key = self.model_keys.get(id(model))

@@ -77,7 +77,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         return unlearn(copy.deepcopy(model), data).eval()
 
     shadows = Shadows(cfg, cache, ds, device, refs, split.forget_idx, unlearn_shadow,
-                      class_id=split.class_id if split.kind == "class" else None)
+                      class_id=split.class_id)
     adversarial_sets = []
     if needs_adv and cfg.method.adversarial_from == "original":
         with state.stage("adversarial"):
@@ -112,7 +112,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             ctx = EvalContext(
                 ds.train_x, ds.train_y, ds.test_x, ds.test_y, sub, ds.num_classes,
                 batch_size=eval_batch_size(cfg, device), reference=refs.outputs, shadows=shadows.outputs,
-                oracle=oracle,
+                oracle=oracle, population_x=ds.population[0],
                 logit_cache=lambda key, compute: cached_logits(cache, key, ds.fingerprint, compute),
                 model_keys={id(original): state.cache_keys["original"],
                             id(oracle): state.cache_keys["retrain"]},
