@@ -145,3 +145,16 @@ def test_amun_table1_describes_the_papers_grid(make_cfg):
                          check=True).stdout
     assert "method: retrain,ft,rl,ga,bs,l1_sparse,salun,amun,amun_salun" in out
     assert "forget.fraction: 0.1,0.5" in out and "seed: 1,10,100" in out
+
+
+def test_class_ulira_has_both_attack_sets_and_the_class_gap(make_cfg):
+    """eval=class_ulira (experiment=trw_table's evaluators): U-LiRA added to the class evaluators,
+    with the class Avg. Gap (a defaults order that let eval=ulira's list win would drop MIA-NN)."""
+    cfg = make_cfg("eval=class_ulira", "forget=class", "forget.class_id=1")
+    validate(cfg)
+    assert {"accuracy", "mia_efficacy", "mia_nn", "ulira"} <= set(cfg.eval.evaluators)
+    assert list(cfg.eval.gap_metrics) == list(make_cfg("eval=class_unlearning").eval.gap_metrics)
+    assert "mia_nn" in cfg.eval.gap_metrics
+    trw = make_cfg("experiment=trw_table")
+    assert trw.forget.kind == "class" and "ulira" in trw.eval.evaluators
+    assert trw.dataset.subset.test is None
