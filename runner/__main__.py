@@ -10,6 +10,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from runner.checkpoint import Preempted
 from runner.config import validate
 from runner.pipeline import run, run_reference
 from runner.results import Logger, git_commit, summary_rows, write_metrics
@@ -34,7 +35,9 @@ def execute(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
         logger = Logger(cfg, run_dir, name, group)
         result = (run_reference if cfg.stage == "reference" else run)(cfg, run_dir)
     except BaseException as err:
-        write_metrics(run_dir, {**base, "status": "failed", "error": f"{type(err).__name__}: {err}",
+        # preempted: stopped by a signal with its training state saved; a rerun resumes it.
+        status = "preempted" if isinstance(err, Preempted) else "failed"
+        write_metrics(run_dir, {**base, "status": status, "error": f"{type(err).__name__}: {err}",
                                 "wall_seconds": round(time.perf_counter() - start, 3)})
         if logger is not None:
             logger.finish(exit_code=1)

@@ -4,13 +4,23 @@ key = sha256 of exactly the spec that determines the artifact (dataset fingerpri
 seed, training-index digest, ...) plus CODE_VERSION. Every artifact directory carries a manifest
 with the sha256 and size of each file, written last and verified on every load: a truncated or
 corrupted artifact is reported, deleted and rebuilt, never used. Writes go to a temp dir that is
-renamed into place, so readers never see a partial artifact; when two jobs race to build the same
-key, the loser discards its copy and uses the winner's.
+renamed into place, so readers never see a partial artifact.
+
+Many jobs share one cache (a sweep, an array of reference models on a cluster). A job that misses
+takes the key's build lock (`flock` on `<root>/.locks/<kind>/<key>`, which Linux NFS clients map to
+NFS locks) and looks again before building, so jobs that need the same missing artifact build it once
+and the others wait and then load it. The kernel drops the lock of a job that dies, even by
+SIGKILL. Where the filesystem has no locks (Lustre mounted without `flock`), jobs race instead:
+each builds into its own temp dir, the first rename wins, and a loser discards its copy and uses
+the winner's. While it holds the lock a build may keep resumable state in `<kind>/.partial-<key>/`
+(`partial_dir`), removed when the artifact is in place; a rerun of a killed build resumes from it.
 """
 
 from __future__ import annotations
 
 import ast
+import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -18,6 +28,7 @@ import os
 import shutil
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -60,9 +71,15 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+# flock errors that mean "this filesystem has no locks", not "someone else holds it".
+NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+
+
 class Cache:
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, *, locks: bool = True):
         self.root = Path(root).resolve()
+        self.locks = locks
+        self._held: set[tuple[str, str]] = set()  # the build locks this process holds
 
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / key
@@ -87,7 +104,28 @@ class Cache:
         if found is not None:
             log.info("cache hit: %s/%s", kind, key)
             return found, key, True
-        log.info("cache miss: %s/%s, building", kind, key)
+        with self._build_lock(kind, key):
+            found = self.load(kind, key)  # another job may have built it while this one waited
+            if found is not None:
+                log.info("cache hit: %s/%s (built by another job)", kind, key)
+                return found, key, True
+            log.info("cache miss: %s/%s, building", kind, key)
+            self._build(kind, key, spec, write)
+            shutil.rmtree(self.root / kind / f".partial-{key}", ignore_errors=True)
+        return self.path(kind, key), key, False
+
+    def partial_dir(self, kind: str, key: str) -> Path | None:
+        """Where the build of kind/key in progress keeps state to resume from after a kill (it
+        survives the job, and goes when the artifact is in place). None unless this process holds
+        the key's build lock: without locks two jobs could write the same state at once."""
+        if (kind, key) not in self._held:
+            return None
+        path = self.root / kind / f".partial-{key}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _build(self, kind: str, key: str, spec: Mapping[str, Any],
+               write: Callable[[Path], None]) -> None:
         tmp = self.root / kind / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True)
         try:
@@ -104,7 +142,41 @@ class Cache:
                     log.info("cache: %s/%s was built concurrently; using that copy", kind, key)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        return self.path(kind, key), key, False
+
+    @contextmanager
+    def _build_lock(self, kind: str, key: str):
+        """Hold kind/key's build lock for the block (without one, if the filesystem has none)."""
+        if not self.locks:
+            yield
+            return
+        lock_path = self.root / ".locks" / kind / key
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        # The lock file stays: deleting it while another job waits on it would let a third job
+        # lock a new file of the same name, and two builds would run at once.
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = True
+            except BlockingIOError:
+                log.info("cache: waiting for another job to finish building %s/%s", kind, key)
+                start = time.monotonic()
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                log.info("cache: waited %.1f s for %s/%s", time.monotonic() - start, kind, key)
+                held = True
+            except OSError as err:
+                if err.errno not in NO_LOCKS:
+                    raise
+                log.warning("cache: %s has no file locks (%s); jobs that need %s/%s at the same "
+                            "time may each build it (the first copy is kept)", self.root,
+                            os.strerror(err.errno), kind, key)
+                held = False
+            if held:
+                self._held.add((kind, key))
+            yield
+        finally:
+            self._held.discard((kind, key))
+            os.close(fd)  # releases the lock
 
     def _write_manifest(self, directory: Path, spec: Mapping[str, Any]) -> None:
         files = {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size}

@@ -240,6 +240,11 @@ def validate(cfg: DictConfig) -> None:
                           f"got {ref.index!r}")
     if isinstance(cfg.requests, bool) or not isinstance(cfg.requests, int) or cfg.requests < 1:
         raise ConfigError(f"requests must be an integer >= 1, got {cfg.requests!r}")
+    every_s = cfg.checkpoint.every_s
+    if every_s is not None and (isinstance(every_s, bool) or not isinstance(every_s, (int, float))
+                                or every_s < 0):
+        raise ConfigError(f"checkpoint.every_s must be null or a number of seconds >= 0, "
+                          f"got {every_s!r}")
     if cfg.eval_batch_size is not None and cfg.eval_batch_size < 1:
         raise ConfigError(f"eval_batch_size must be null or >= 1, got {cfg.eval_batch_size}")
     method = check_partial(cfg.method, "method", n_positional=2)

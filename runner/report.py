@@ -4,8 +4,11 @@ Rows are methods (per dataset and forget spec); cells are the unlearned model's 
 mean ± sample std (ddof=1) over the runs whose resolved configs differ only in seeds (`seed`,
 `forget.seed`) or in settings that cannot change a result (paths, logger, device, batch size of
 evaluation). Runs that differ in anything else (a learning rate of a sweep, say) get rows of their
-own, labelled with the differing settings. Failed runs are counted in the `runs` column
-(ok/total), never silently dropped; a run repeating another's config and seeds is flagged `dup`.
+own, labelled with the differing settings. Runs that did not finish are never silently dropped:
+the `runs` column says ok/total and how many failed, were preempted, or are unfinished (killed
+without a word, or still running); a cell with no finished run says which; a run repeating
+another's config and seeds is flagged `dup`. Below the table, each such run is listed with its
+error, and so is every job of a Hydra sweep under DIR (its multirun.yaml) that never started.
 Writes DIR/table.md and DIR/table.csv and prints the markdown.
 """
 
@@ -15,7 +18,7 @@ import argparse
 import csv
 import json
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +40,8 @@ def load_results(root: Path) -> list[dict]:
 
 
 # Config keys (and prefixes) that do not define a table cell.
-NOT_SETTINGS = ("seed", "forget.seed", "paths.", "logger.", "device", "eval_batch_size")
+NOT_SETTINGS = ("seed", "forget.seed", "paths.", "logger.", "device", "eval_batch_size",
+                "checkpoint.")
 
 
 def _flat(tree: dict, prefix: str = "") -> dict[str, str]:
@@ -109,11 +113,54 @@ def _labels(groups: dict[tuple, list[dict]]) -> dict[tuple, tuple[str, str, str]
     return labels
 
 
+def _status(r: dict) -> str:
+    """ok, failed, preempted, or unfinished (a job killed outright leaves `running`)."""
+    status = r.get("status")
+    return status if status in ("ok", "failed", "preempted") else "unfinished"
+
+
 def _runs_cell(runs: list[dict]) -> str:
     ok = [r for r in runs if r.get("status") == "ok"]
     seeds = [(r["config"].get("seed"), r["config"].get("forget", {}).get("seed")) for r in ok]
     dups = len(seeds) - len(set(seeds))
-    return f"{len(ok)}/{len(runs)}" + (f" ({dups} dup)" if dups else "")
+    notes = [f"{n} {s}" for s, n in sorted(Counter(_status(r) for r in runs).items()) if s != "ok"]
+    notes += [f"{dups} dup"] if dups else []
+    return f"{len(ok)}/{len(runs)}" + (f" ({', '.join(notes)})" if notes else "")
+
+
+def not_finished(results: list[dict]) -> list[str]:
+    """One line per run without a result: its status, dir and error."""
+    lines = []
+    for r in results:
+        if r.get("status") != "ok":
+            error = str(r.get("error", "no error recorded")).splitlines()[0][:300]
+            lines.append(f"{_status(r)}: {r.get('run_dir', '?')}: {error}")
+    return lines
+
+
+def never_started(root: Path) -> list[str]:
+    """The jobs of the Hydra sweeps under root (each sweep dir's multirun.yaml, basic sweeper)
+    that left no job dir at all (a cancelled array task, a node that died before Python started),
+    as their overrides. A later sweep into the same dir replaces multirun.yaml: only its jobs are
+    checked."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    missing = []
+    for record in sorted(root.rglob("multirun.yaml")):
+        hydra = OmegaConf.load(record).hydra
+        if not str(hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
+            continue
+        params = hydra.sweeper.get("params") or {}
+        args = [f"{k}={v}" for k, v in params.items()] + list(hydra.overrides.task)
+        parsed = OverridesParser.create().parse_overrides(args)
+        jobs = [tuple(sorted(job)) for batch in BasicSweeper.split_arguments(parsed, None)
+                for job in batch]
+        started = {tuple(sorted(OmegaConf.load(p)))
+                   for p in record.parent.rglob(".hydra/overrides.yaml")}
+        missing += [" ".join(job) for job in jobs if job not in started]
+    return missing
 
 
 def _original_view(r: dict) -> dict:
@@ -137,7 +184,10 @@ def make_table(results: list[dict], columns=COLUMNS) -> list[list[str]]:
     rows = [["dataset", "forget", "method", *columns, "runs"]]
     for key in sorted(groups, key=lambda k: _sort_key(labels[k])):
         ok = [r for r in groups[key] if r.get("status") == "ok"]
-        cells = [_cell([_value(r, c) for r in ok]) for c in columns]
+        if ok:
+            cells = [_cell([_value(r, c) for r in ok]) for c in columns]
+        else:  # says why there is no number
+            cells = ["/".join(sorted({_status(r) for r in groups[key]}))] * len(columns)
         rows.append([*labels[key], *cells, _runs_cell(groups[key])])
     return rows
 
@@ -161,12 +211,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no {METRICS_FILE} under {args.sweep_dir}", file=sys.stderr)
         return 1
     rows = make_table(results, columns=tuple(args.columns.split(",")))
+    problems = [f"- {line}" for line in not_finished(results)]
+    problems += [f"- never started: {job}" for job in never_started(args.sweep_dir)]
+    markdown = to_markdown(rows)
+    if problems:
+        markdown += "\nRuns without a result:\n\n" + "\n".join(problems) + "\n"
     out = args.out or args.sweep_dir
     out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text(to_markdown(rows))
+    (out / "table.md").write_text(markdown)
     with open(out / "table.csv", "w", newline="") as f:
         csv.writer(f).writerows(rows)
-    print(to_markdown(rows), end="")
+    print(markdown, end="")
     print(f"\n({len(results)} runs; written to {out / 'table.md'} and {out / 'table.csv'})")
     return 0
 

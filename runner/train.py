@@ -11,6 +11,7 @@ import functools
 import logging
 import math
 import sys
+from contextlib import nullcontext
 from typing import Callable, Iterable
 
 import torch
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from data.loader import to_float
+from runner.checkpoint import TrainCheckpoint
 
 log = logging.getLogger("runner.train")
 
@@ -80,48 +82,69 @@ def make_scheduler(optimizer: torch.optim.Optimizer, *, name: str, epochs: int,
 def fit(model: torch.nn.Module, batches: Iterable, *, epochs: int,
         optimizer: torch.optim.Optimizer, scheduler=None, loss_fn: LossFn = F.cross_entropy,
         grad_hook: GradHook | None = None, precision: str = "fp32",
-        desc: str = "train") -> torch.nn.Module:
-    """Train `model` in place for `epochs` passes over `batches`; returns the model in eval mode."""
+        desc: str = "train", checkpoint: TrainCheckpoint | None = None) -> torch.nn.Module:
+    """Train `model` in place for `epochs` passes over `batches`; returns the model in eval mode.
+    With `checkpoint` (batches must be one `Batches` stream), training resumes from its saved
+    state, if any, and saves its state as it goes (runner.checkpoint)."""
     dtype = PRECISIONS[precision]
-    device_type = next(model.parameters()).device.type
+    device = next(model.parameters()).device
     steps = epochs * len(batches)
     per_step = getattr(scheduler, "per_step", False)
+    start_epoch, done = 0, 0  # where a resumed run picks up: its epoch, and steps done in it
+    if checkpoint is not None:
+        start_epoch, done = checkpoint.resume(model, optimizer, scheduler, batches)
     # A bar only where someone watches a terminal and the loop is long enough to wait on.
-    bar = tqdm(total=steps, desc=desc, leave=False,
+    bar = tqdm(total=steps, initial=start_epoch * len(batches) + done, desc=desc, leave=False,
                disable=not sys.stderr.isatty() or steps < 200)
-    for epoch in range(epochs):
-        model.train()
-        total = torch.zeros((), device=next(model.parameters()).device)
-        for x, y, sign in batches:
-            with torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                loss = loss_fn(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            (loss * sign).backward()
-            if grad_hook is not None:
-                grad_hook(model)
-            optimizer.step()
-            if per_step:
+    with checkpoint.catching_signals() if checkpoint is not None else nullcontext():
+        for epoch in range(start_epoch, epochs):
+            model.train()
+            total = torch.zeros((), device=device)
+            if checkpoint is not None:
+                checkpoint.epoch_start(batches)
+            for step, (x, y, sign) in enumerate(batches, 1):
+                if step <= done:  # replays the resumed epoch's draws up to the checkpoint
+                    if step == done:
+                        total += checkpoint.loss_total.to(device)
+                        checkpoint.restore_global_rng(device)
+                    continue
+                with torch.autocast(device.type, dtype=dtype or torch.float32,
+                                    enabled=dtype is not None):
+                    loss = loss_fn(model(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                (loss * sign).backward()
+                if grad_hook is not None:
+                    grad_hook(model)
+                optimizer.step()
+                if per_step:
+                    scheduler.step()
+                total += loss.detach().float()
+                bar.update()
+                if checkpoint is not None:
+                    checkpoint.after_step(epoch, step, model, optimizer, scheduler, total)
+            done = 0
+            if scheduler is not None and not per_step:
                 scheduler.step()
-            total += loss.detach().float()
-            bar.update()
-        if scheduler is not None and not per_step:
-            scheduler.step()
-        mean_loss = total.item() / max(len(batches), 1)  # one sync per epoch
-        if not math.isfinite(mean_loss):
-            log.warning("%s: loss became %s in epoch %d", desc, mean_loss, epoch + 1)
-        log.debug("%s epoch %d/%d loss %.4f", desc, epoch + 1, epochs, mean_loss)
+            mean_loss = total.item() / max(len(batches), 1)  # one sync per epoch
+            if not math.isfinite(mean_loss):
+                log.warning("%s: loss became %s in epoch %d", desc, mean_loss, epoch + 1)
+            log.debug("%s epoch %d/%d loss %.4f", desc, epoch + 1, epochs, mean_loss)
     bar.close()
+    if checkpoint is not None:
+        checkpoint.done()
     return model.eval()
 
 
 def train_from_scratch(model: torch.nn.Module, batches, recipe, *, desc: str = "train",
-                       whiten_samples: int = 5000) -> torch.nn.Module:
+                       whiten_samples: int = 5000,
+                       checkpoint: TrainCheckpoint | None = None) -> torch.nn.Module:
     """Train a freshly built model with a recipe (a `conf/train` node): SGD (Nesterov, BN-bias lr
     scale), the recipe's schedule, label smoothing, precision, and `torch.compile` when asked.
 
     A model with `init_from_data(images)` (airbench's whitening layer) first gets `whiten_samples`
     training images, evenly spaced through the set so every class is there even when it is sorted.
     The compiled module is only used to train; `model` itself holds the weights afterwards.
+    `checkpoint` makes the training resumable (see `fit`).
     """
     if hasattr(model, "init_from_data"):
         n = len(batches.x)
@@ -134,7 +157,7 @@ def train_from_scratch(model: torch.nn.Module, batches, recipe, *, desc: str = "
     loss_fn = functools.partial(F.cross_entropy, label_smoothing=recipe.label_smoothing)
     runnable = torch.compile(model) if recipe.compile else model
     fit(runnable, batches, epochs=recipe.epochs, optimizer=opt, scheduler=sched, loss_fn=loss_fn,
-        precision=recipe.precision, desc=desc)
+        precision=recipe.precision, desc=desc, checkpoint=checkpoint)
     return model.eval()
 
 

@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from data import datasets
 from data.loader import Augment, Batches
 from data.splits import index_digest
-from runner.cache import Cache, code_fingerprint, load_model, save_model
+from runner.cache import Cache, code_fingerprint, key_of, load_model, save_model
+from runner.checkpoint import TrainCheckpoint
 from runner.config import ConfigError, build_model
 from runner.train import train_from_scratch
 
@@ -122,13 +123,13 @@ def new_model(cfg: DictConfig, device: torch.device, seed: int) -> torch.nn.Modu
 
 
 def fit_new_model(cfg: DictConfig, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                  seed: int, desc: str) -> torch.nn.Module:
+                  seed: int, desc: str, checkpoint: TrainCheckpoint | None = None) -> torch.nn.Module:
     """Train `new_model(...)` on images x (uint8, on its device) with the run's recipe and the
-    dataset's augmentation, batches shuffled from `seed`."""
+    dataset's augmentation, batches shuffled from `seed`; resumable with `checkpoint`."""
     recipe = cfg.train
     batches = Batches(x, y, batch_size=recipe.batch_size, shuffle=True, seed=seed,
                       augment=Augment(**cfg.dataset.augment), channels_last=recipe.channels_last)
-    return train_from_scratch(model, batches, recipe, desc=desc)
+    return train_from_scratch(model, batches, recipe, desc=desc, checkpoint=checkpoint)
 
 
 def train_or_load(cfg: DictConfig, cache: Cache, kind: str, ds: datasets.Dataset,
@@ -136,18 +137,23 @@ def train_or_load(cfg: DictConfig, cache: Cache, kind: str, ds: datasets.Dataset
                   seed: int | None = None, population: bool = False,
                   desc: str | None = None) -> torch.nn.Module:
     """A model trained from scratch on `train_idx` with the run's recipe, via the cache. With
-    `population`, train_idx indexes train + test (a reference model); `seed` replaces cfg.seed."""
+    `population`, train_idx indexes train + test (a reference model); `seed` replaces cfg.seed.
+    Its training saves checkpoints in the cache (`cfg.checkpoint`), so a killed job's rerun
+    resumes it."""
     train_idx = np.sort(train_idx)  # the key is order-free, so the training order must be too
     seed = cfg.seed if seed is None else seed
     model = new_model(cfg, device, seed)
+    spec = model_spec(cfg, ds, train_idx, seed=seed, population=population)
 
     def write(directory: Path) -> None:
         idx = torch.as_tensor(train_idx, device=device)
         x, y = ds.population if population else (ds.train_x, ds.train_y)
-        fit_new_model(cfg, model, x[idx], y[idx], seed, desc=desc or kind)
+        partial = cache.partial_dir(kind, key_of(spec))
+        checkpoint = (TrainCheckpoint(partial / "train.ckpt", cfg.checkpoint.every_s,
+                                      tag=f"{kind}/{key_of(spec)}") if partial else None)
+        fit_new_model(cfg, model, x[idx], y[idx], seed, desc=desc or kind, checkpoint=checkpoint)
         save_model(directory, model)
 
-    path, key, hit = cache.get_or_build(
-        kind, model_spec(cfg, ds, train_idx, seed=seed, population=population), write)
+    path, key, hit = cache.get_or_build(kind, spec, write)
     state.cache_keys[kind], state.cache_hits[kind] = key, hit
     return load_model(path, model) if hit else model.eval()

@@ -185,10 +185,15 @@ def _result(seed, acc, lr=0.1, status="ok"):
 
 
 def test_report_marks_failed_runs_and_averages_seeds():
-    rows = make_table([_result(1, 10.0), _result(2, 20.0), _result(3, 0.0, status="failed")])
+    rows = make_table([_result(1, 10.0), _result(2, 20.0), _result(3, 0.0, status="failed"),
+                       _result(4, 0.0, status="running"), _result(5, 0.0, status="preempted")])
     assert len(rows) == 2
     assert rows[1][:4] == ["digits", "10%", "ga (no D_R)", "15.00 ± 7.07"]
-    assert rows[1][-1] == "2/3"
+    assert rows[1][-1] == "2/5 (1 failed, 1 preempted, 1 unfinished)"
+    # A cell with no finished run says why instead of a number.
+    rows = make_table([_result(1, 0.0, lr=0.5, status="failed"), _result(2, 0.0, lr=0.5,
+                                                                        status="running")])
+    assert rows[1][3:] == ["failed/unfinished"] * 5 + ["0/2 (1 failed, 1 unfinished)"]
 
 
 def test_report_keeps_hyper_parameters_apart_and_flags_duplicates():

@@ -1,0 +1,172 @@
+"""Resumable training: `fit` saves its whole state now and then, and a rerun picks it up.
+
+A model trained from scratch (the original, the retrain oracle, a reference or shadow model) is a
+cache artifact; while its build holds the cache lock, `TrainCheckpoint` keeps the training state in
+the artifact's partial dir. A job that dies (SIGKILL, a node failure, a SLURM time limit) leaves the
+last checkpoint behind, and the next job that needs the artifact resumes from it and ends with the
+model an uninterrupted run makes: the checkpoint holds the weights, the optimizer and scheduler
+state, the step reached within the epoch, the batch generator's state at the start of that epoch
+(the resumed epoch replays the same permutation and augmentation draws, skipping the steps already
+done) and the global RNG state at the step.
+
+Checkpoints are written every `every_s` seconds of training, at a step boundary, and when the job
+is told it will be stopped: SIGTERM, SIGUSR1 or SIGUSR2 (SLURM's `--signal`, submitit's
+preemption and time-out signal). On such a signal the step in flight finishes, the checkpoint is
+written, and then the handler that was installed before ours runs (submitit's requeues the job);
+without one, `fit` raises `Preempted` and the run is recorded as preempted.
+
+The file is one sha256 hex digest line followed by the `torch.save` payload, written to a temp file
+and renamed into place: a reader sees the old checkpoint or the new one, and a damaged one is
+detected, reported and ignored (training restarts from scratch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("runner.checkpoint")
+
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+class Preempted(BaseException):
+    """Training stopped on a signal after saving its checkpoint; a rerun resumes it. Not an
+    Exception: the process is being stopped, so nothing may catch this and go on (Hydra's basic
+    launcher would otherwise record the job as failed and start the next job of the sweep)."""
+
+
+class TrainCheckpoint:
+    """The training state of one model, in `path`, saved every `every_s` seconds (0: after every
+    step; None: only on a signal). `tag` names the model in messages."""
+
+    def __init__(self, path: Path, every_s: float | None, tag: str):
+        self.path, self.every_s, self.tag = Path(path), every_s, tag
+        self.signal: int | None = None
+        self._previous: dict[int, object] = {}
+        self._last_save = time.monotonic()
+        self._epoch_rng: torch.Tensor | None = None
+        self._global_rng: dict | None = None
+        self.loss_total: torch.Tensor | None = None  # of the resumed epoch's finished steps
+
+    # -- what fit calls ---------------------------------------------------------------------
+    def resume(self, model, optimizer, scheduler, batches) -> tuple[int, int]:
+        """Load the saved state into the objects; returns (epoch, steps done in it), (0, 0) when
+        there is nothing to resume. `batches.gen` is left at the start of the saved epoch."""
+        state = self._read()
+        if state is None:
+            return 0, 0
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        batches.gen.set_state(state["epoch_rng"])
+        self._global_rng = state["global_rng"]
+        self.loss_total = state["loss_total"]
+        log.info("%s: resuming from epoch %d, step %d (%s)", self.tag, state["epoch"] + 1,
+                 state["step"], self.path)
+        return state["epoch"], state["step"]
+
+    def restore_global_rng(self, device: torch.device) -> None:
+        """After the resumed epoch has skipped its finished steps: the RNG as it was at the step."""
+        rng, self._global_rng = self._global_rng, None
+        if rng is not None:
+            torch.set_rng_state(rng["cpu"])
+            if rng["cuda"] is not None:
+                torch.cuda.set_rng_state(rng["cuda"], device)
+
+    def epoch_start(self, batches) -> None:
+        self._epoch_rng = batches.gen.get_state()
+
+    def after_step(self, epoch: int, step: int, model, optimizer, scheduler,
+                   loss_total: torch.Tensor) -> None:
+        """Save if it is time or a signal came; then hand the signal on (see the module doc)."""
+        due = self.every_s is not None and time.monotonic() - self._last_save >= self.every_s
+        if not (due or self.signal is not None):
+            return
+        device = next(model.parameters()).device
+        self._write({
+            "tag": self.tag, "epoch": epoch, "step": step,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "epoch_rng": self._epoch_rng, "loss_total": loss_total.detach().cpu(),
+            "global_rng": {"cpu": torch.get_rng_state(),
+                           "cuda": (torch.cuda.get_rng_state(device)
+                                    if device.type == "cuda" else None)},
+        })
+        if self.signal is not None:
+            self._hand_on(self.signal, epoch, step)
+
+    def done(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    @contextmanager
+    def catching_signals(self):
+        """Our handlers for SIGNALS during training (only the main thread may install them)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        self._previous = {s: signal.signal(s, self._note_signal) for s in SIGNALS}
+        try:
+            yield
+        finally:
+            for s, handler in self._previous.items():
+                signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+            self._previous = {}
+
+    # -- internals --------------------------------------------------------------------------
+    def _note_signal(self, signum, frame) -> None:
+        # Only a note: the step in flight finishes and after_step saves.
+        self.signal = signum
+
+    def _hand_on(self, signum: int, epoch: int, step: int) -> None:
+        self.signal = None
+        name = signal.Signals(signum).name
+        log.warning("%s: %s received; checkpoint saved at epoch %d, step %d", self.tag, name,
+                    epoch + 1, step)
+        previous = self._previous.get(signum)
+        if callable(previous):
+            previous(signum, None)  # submitit's requeue exits here; a bypass returns
+        elif previous != signal.SIG_IGN:
+            raise Preempted(f"{self.tag}: stopped by {name} at epoch {epoch + 1}, step {step}; "
+                            "the checkpoint is saved and rerunning the same command resumes it")
+
+    def _write(self, state: dict) -> None:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        payload = buffer.getvalue()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        with open(tmp, "wb") as f:
+            f.write(hashlib.sha256(payload).hexdigest().encode() + b"\n")
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        self._last_save = time.monotonic()
+
+    def _read(self) -> dict | None:
+        try:
+            blob = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        digest, _, payload = blob.partition(b"\n")
+        if hashlib.sha256(payload).hexdigest().encode() != digest:
+            log.warning("%s: checkpoint %s is damaged (checksum mismatch); training from scratch",
+                        self.tag, self.path)
+            self.path.unlink(missing_ok=True)
+            return None
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+        if state.get("tag") != self.tag:
+            raise ValueError(f"{self.path} holds the training state of {state.get('tag')!r}, "
+                             f"not of {self.tag!r}")
+        return state
