@@ -10,7 +10,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from runner.checkpoint import Preempted
+from runner.checkpoint import is_preemption
 from runner.config import validate
 from runner.pipeline import run, run_reference
 from runner.results import Logger, git_commit, summary_rows, write_metrics
@@ -23,20 +23,22 @@ def execute(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     what = "reference" if cfg.get("stage") == "reference" else cfg.method.get("name", "?")
     name = f"{what}-{cfg.dataset.get('name', '?')}-seed{cfg.get('seed')}"
-    base = {"git_commit": git_commit(), "run_dir": str(run_dir), "name": name}
+    base = {"git_commit": git_commit(), "run_dir": str(run_dir), "name": name,
+            "config": _config_record(cfg)}
     # Replaces any earlier result in this dir at once: a run that fails or is killed from here on
-    # leaves "failed" or "running", never a stale "ok" that a report would count.
+    # leaves "failed" or "running", never a stale "ok" that a report would count; the config lets
+    # the report put even a run killed outright into its table cell.
     write_metrics(run_dir, {**base, "status": "running"})
     logger, start = None, time.perf_counter()
     try:
-        base["config"] = OmegaConf.to_container(cfg, resolve=True)
         validate(cfg)  # before any data is loaded or any model trained
         base["config"] = OmegaConf.to_container(cfg, resolve=True)  # typed by validate
         logger = Logger(cfg, run_dir, name, group)
         result = (run_reference if cfg.stage == "reference" else run)(cfg, run_dir)
     except BaseException as err:
-        # preempted: stopped by a signal with its training state saved; a rerun resumes it.
-        status = "preempted" if isinstance(err, Preempted) else "failed"
+        # preempted: stopped by a signal with its training state saved (by us, then maybe by
+        # submitit's requeue, which exits); a rerun resumes it.
+        status = "preempted" if is_preemption(err) else "failed"
         write_metrics(run_dir, {**base, "status": status, "error": f"{type(err).__name__}: {err}",
                                 "wall_seconds": round(time.perf_counter() - start, 3)})
         if logger is not None:
@@ -48,6 +50,15 @@ def execute(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
     logger.log_result(result)
     logger.finish()
     return result
+
+
+def _config_record(cfg: DictConfig) -> dict:
+    """The config as metrics.json records it: resolved, or as written if it cannot be resolved
+    (validate then says why)."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # noqa: BLE001 - any resolution error; validate reports it properly
+        return OmegaConf.to_container(cfg, resolve=False)
 
 
 def print_summary(result: dict) -> None:

@@ -71,6 +71,9 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+# The build locks this process holds, as (root, kind, key).
+_HELD: set[tuple[Path, str, str]] = set()
+
 # flock errors that mean "this filesystem has no locks", not "someone else holds it".
 NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
@@ -79,7 +82,6 @@ class Cache:
     def __init__(self, root: str | Path, *, locks: bool = True):
         self.root = Path(root).resolve()
         self.locks = locks
-        self._held: set[tuple[str, str]] = set()  # the build locks this process holds
 
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / key
@@ -118,7 +120,7 @@ class Cache:
         """Where the build of kind/key in progress keeps state to resume from after a kill (it
         survives the job, and goes when the artifact is in place). None unless this process holds
         the key's build lock: without locks two jobs could write the same state at once."""
-        if (kind, key) not in self._held:
+        if (self.root, kind, key) not in _HELD:
             return None
         path = self.root / kind / f".partial-{key}"
         path.mkdir(parents=True, exist_ok=True)
@@ -149,6 +151,10 @@ class Cache:
         if not self.locks:
             yield
             return
+        held = (self.root, kind, key)
+        if held in _HELD:
+            # A second open + flock of the same file would wait for this very process forever.
+            raise RuntimeError(f"cache: {kind}/{key} is already being built by this process")
         lock_path = self.root / ".locks" / kind / key
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         # The lock file stays: deleting it while another job waits on it would let a third job
@@ -157,25 +163,25 @@ class Cache:
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                held = True
+                locked = True
             except BlockingIOError:
                 log.info("cache: waiting for another job to finish building %s/%s", kind, key)
                 start = time.monotonic()
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 log.info("cache: waited %.1f s for %s/%s", time.monotonic() - start, kind, key)
-                held = True
+                locked = True
             except OSError as err:
                 if err.errno not in NO_LOCKS:
                     raise
                 log.warning("cache: %s has no file locks (%s); jobs that need %s/%s at the same "
-                            "time may each build it (the first copy is kept)", self.root,
-                            os.strerror(err.errno), kind, key)
-                held = False
-            if held:
-                self._held.add((kind, key))
+                            "time may each build it (the first copy is kept), and a killed build "
+                            "cannot resume", self.root, os.strerror(err.errno), kind, key)
+                locked = False
+            if locked:
+                _HELD.add(held)
             yield
         finally:
-            self._held.discard((kind, key))
+            _HELD.discard(held)
             os.close(fd)  # releases the lock
 
     def _write_manifest(self, directory: Path, spec: Mapping[str, Any]) -> None:

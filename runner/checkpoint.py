@@ -12,8 +12,15 @@ done) and the global RNG state at the step.
 Checkpoints are written every `every_s` seconds of training, at a step boundary, and when the job
 is told it will be stopped: SIGTERM, SIGUSR1 or SIGUSR2 (SLURM's `--signal`, submitit's
 preemption and time-out signal). On such a signal the step in flight finishes, the checkpoint is
-written, and then the handler that was installed before ours runs (submitit's requeues the job);
-without one, `fit` raises `Preempted` and the run is recorded as preempted.
+written, and then the handler that was installed before ours runs (submitit's requeues the job and
+exits); without one, `fit` raises `Preempted`. Either way the run is recorded as preempted
+(`is_preemption`). A signal that arrives after the last step is handled the same way at the end of
+`fit`, and one that arrives as training returns is passed on to the restored handler: none is lost.
+
+A checkpoint resumes only on the device type and torch version that wrote it (the generator states
+differ between them); on another, training starts over with a warning. The checkpoint stays after
+training ends: the cache removes the partial dir once the model is in place, so a job killed in
+between resumes at the end instead of starting over.
 
 The file is one sha256 hex digest line followed by the `torch.save` payload, written to a temp file
 and renamed into place: a reader sees the old checkpoint or the new one, and a damaged one is
@@ -39,6 +46,11 @@ log = logging.getLogger("runner.checkpoint")
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
+def is_preemption(err: BaseException) -> bool:
+    """Whether `err` ends a run that was stopped by a signal after saving its checkpoint."""
+    return isinstance(err, Preempted) or getattr(err, "after_checkpoint", False)
+
+
 class Preempted(BaseException):
     """Training stopped on a signal after saving its checkpoint; a rerun resumes it. Not an
     Exception: the process is being stopped, so nothing may catch this and go on (Hydra's basic
@@ -51,7 +63,7 @@ class TrainCheckpoint:
 
     def __init__(self, path: Path, every_s: float | None, tag: str):
         self.path, self.every_s, self.tag = Path(path), every_s, tag
-        self.signal: int | None = None
+        self.pending: list[int] = []  # signals received and not yet handed on, in order
         self._previous: dict[int, object] = {}
         self._last_save = time.monotonic()
         self._epoch_rng: torch.Tensor | None = None
@@ -65,8 +77,18 @@ class TrainCheckpoint:
         state = self._read()
         if state is None:
             return 0, 0
+        device = next(model.parameters()).device
+        here = {"device_type": device.type, "torch": str(torch.__version__)}
+        there = {k: state.get(k) for k in here}
+        if there != here:
+            log.warning("%s: the checkpoint was written with %s, this job runs %s: training "
+                        "from scratch", self.tag, there, here)
+            return 0, 0
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        # It stepped before the checkpoint: torch's "scheduler before optimizer" warning, which a
+        # run resumed at an epoch's end would print, does not apply.
+        optimizer._opt_called = True
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
         batches.gen.set_state(state["epoch_rng"])
@@ -91,11 +113,12 @@ class TrainCheckpoint:
                    loss_total: torch.Tensor) -> None:
         """Save if it is time or a signal came; then hand the signal on (see the module doc)."""
         due = self.every_s is not None and time.monotonic() - self._last_save >= self.every_s
-        if not (due or self.signal is not None):
+        if not (due or self.pending):
             return
         device = next(model.parameters()).device
         self._write({
             "tag": self.tag, "epoch": epoch, "step": step,
+            "device_type": device.type, "torch": str(torch.__version__),
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "epoch_rng": self._epoch_rng, "loss_total": loss_total.detach().cpu(),
@@ -103,11 +126,14 @@ class TrainCheckpoint:
                            "cuda": (torch.cuda.get_rng_state(device)
                                     if device.type == "cuda" else None)},
         })
-        if self.signal is not None:
-            self._hand_on(self.signal, epoch, step)
+        while self.pending:
+            self._hand_on(self.pending.pop(0), epoch, step)
 
-    def done(self) -> None:
-        self.path.unlink(missing_ok=True)
+    def finish(self, epochs: int, model, optimizer, scheduler) -> None:
+        """At the end of training: a signal that came after the last step is handled as in
+        `after_step`, with a checkpoint of the finished training (epoch `epochs`, nothing left)."""
+        if self.pending:
+            self.after_step(epochs, 0, model, optimizer, scheduler, torch.zeros(()))
 
     @contextmanager
     def catching_signals(self):
@@ -116,26 +142,36 @@ class TrainCheckpoint:
             yield
             return
         self._previous = {s: signal.signal(s, self._note_signal) for s in SIGNALS}
+        stopping = True
         try:
             yield
+            stopping = False
         finally:
             for s, handler in self._previous.items():
                 signal.signal(s, handler if handler is not None else signal.SIG_DFL)
             self._previous = {}
+            late, self.pending = self.pending, []
+            if not stopping:  # (when stopping anyway, the process is on its way out)
+                for s in late:  # came after the last check: the restored handler gets it
+                    signal.raise_signal(s)
 
     # -- internals --------------------------------------------------------------------------
     def _note_signal(self, signum, frame) -> None:
         # Only a note: the step in flight finishes and after_step saves.
-        self.signal = signum
+        if signum not in self.pending:
+            self.pending.append(signum)
 
     def _hand_on(self, signum: int, epoch: int, step: int) -> None:
-        self.signal = None
         name = signal.Signals(signum).name
         log.warning("%s: %s received; checkpoint saved at epoch %d, step %d", self.tag, name,
                     epoch + 1, step)
         previous = self._previous.get(signum)
         if callable(previous):
-            previous(signum, None)  # submitit's requeue exits here; a bypass returns
+            try:
+                previous(signum, None)  # submitit's requeue exits here; a bypass returns
+            except BaseException as err:
+                err.after_checkpoint = True  # the run is recorded as preempted, not failed
+                raise
         elif previous != signal.SIG_IGN:
             raise Preempted(f"{self.tag}: stopped by {name} at epoch {epoch + 1}, step {step}; "
                             "the checkpoint is saved and rerunning the same command resumes it")

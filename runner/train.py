@@ -129,9 +129,9 @@ def fit(model: torch.nn.Module, batches: Iterable, *, epochs: int,
             if not math.isfinite(mean_loss):
                 log.warning("%s: loss became %s in epoch %d", desc, mean_loss, epoch + 1)
             log.debug("%s epoch %d/%d loss %.4f", desc, epoch + 1, epochs, mean_loss)
+        if checkpoint is not None:
+            checkpoint.finish(epochs, model, optimizer, scheduler)
     bar.close()
-    if checkpoint is not None:
-        checkpoint.done()
     return model.eval()
 
 

@@ -24,22 +24,26 @@ X = torch.as_tensor(_digits.images * 255 / 16, dtype=torch.uint8)[:, None]
 Y = torch.as_tensor(_digits.target)
 
 
-def _setup(precision_seed=0):
-    """A fresh model, batch stream, optimizer and per-step schedule, all seeded: every call makes
-    the same training run. Dropout draws from the global RNG, augmentation from the stream's."""
-    torch.manual_seed(precision_seed)
+SCHEDULES = {"triangle": dict(name="triangle", warmup=0.2, start=0.2, end=0.1),  # per step
+             "step": dict(name="step", step_size=1, gamma=0.5),                   # per epoch
+             "cosine": dict(name="cosine")}
+
+
+def _setup(schedule="triangle"):
+    """A fresh model, batch stream, optimizer and schedule, all seeded: every call makes the same
+    training run. Dropout draws from the global RNG, augmentation from the stream's."""
+    torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
                           nn.Dropout(0.2), nn.Flatten(), nn.Linear(8 * 64, 10))
     batches = Batches(X, Y, batch_size=64, shuffle=True, seed=3,
                       augment=Augment(crop_pad=1, flip=True))
     opt = sgd(model, lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    sched = make_scheduler(opt, name="triangle", epochs=EPOCHS, warmup=0.2, start=0.2, end=0.1,
-                           steps_per_epoch=len(batches))
+    sched = make_scheduler(opt, epochs=EPOCHS, steps_per_epoch=len(batches), **SCHEDULES[schedule])
     return model, batches, opt, sched
 
 
-def _train(checkpoint=None, grad_hook=None, precision="fp32"):
-    model, batches, opt, sched = _setup()
+def _train(checkpoint=None, grad_hook=None, precision="fp32", schedule="triangle"):
+    model, batches, opt, sched = _setup(schedule)
     fit(model, batches, epochs=EPOCHS, optimizer=opt, scheduler=sched, grad_hook=grad_hook,
         precision=precision, checkpoint=checkpoint)
     return model
@@ -66,21 +70,28 @@ def _stop_at(step):
 
 @pytest.fixture(scope="module")
 def uninterrupted():
-    return {p: _train(precision=p) for p in ("fp32", "bf16")}
+    runs = {("fp32", "triangle"): _train(), ("bf16", "triangle"): _train(precision="bf16")}
+    runs.update({("fp32", s): _train(schedule=s) for s in ("step", "cosine")})
+    return {key: model for key, model in runs.items()}
 
 
 @pytest.mark.parametrize("stop", [17, 29, 30, 70])  # 29 steps per epoch: mid-epoch, boundaries
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision, schedule", [("fp32", "triangle"), ("bf16", "triangle"),
+                                                 ("fp32", "step"), ("fp32", "cosine")])
 def test_a_stopped_training_resumes_to_the_uninterrupted_model(tmp_path, uninterrupted, stop,
-                                                                precision):
+                                                                precision, schedule):
     path = tmp_path / "train.ckpt"
     with pytest.raises(Stop):
         _train(TrainCheckpoint(path, every_s=0, tag="t"), grad_hook=_stop_at(stop),
-               precision=precision)
-    assert path.exists()
-    resumed = _train(TrainCheckpoint(path, every_s=0, tag="t"), precision=precision)
-    assert _same(resumed, uninterrupted[precision])
-    assert not path.exists()  # a finished training leaves no checkpoint
+               precision=precision, schedule=schedule)
+    resumed = _train(TrainCheckpoint(path, every_s=0, tag="t"), precision=precision,
+                     schedule=schedule)
+    assert _same(resumed, uninterrupted[precision, schedule])
+    # The checkpoint of the finished training stays (the cache removes it with the partial dir
+    # once the model is stored); a job killed in between resumes it and trains nothing more.
+    again = _train(TrainCheckpoint(path, every_s=0, tag="t"), precision=precision,
+                   schedule=schedule, grad_hook=_stop_at(1))
+    assert _same(again, uninterrupted[precision, schedule])
 
 
 def test_resuming_without_restoring_the_rng_would_differ(tmp_path, uninterrupted, monkeypatch):
@@ -89,7 +100,7 @@ def test_resuming_without_restoring_the_rng_would_differ(tmp_path, uninterrupted
     with pytest.raises(Stop):
         _train(TrainCheckpoint(path, every_s=0, tag="t"), grad_hook=_stop_at(40))
     monkeypatch.setattr(TrainCheckpoint, "restore_global_rng", lambda self, device: None)
-    assert not _same(_train(TrainCheckpoint(path, every_s=0, tag="t")), uninterrupted["fp32"])
+    assert not _same(_train(TrainCheckpoint(path, every_s=0, tag="t")), uninterrupted["fp32", "triangle"])
 
 
 def _signal_at(step, signum):
@@ -112,7 +123,7 @@ def test_sigterm_saves_then_stops_and_the_rerun_resumes(tmp_path, uninterrupted,
     with caplog.at_level(logging.INFO, logger="runner.checkpoint"):
         resumed = _train(TrainCheckpoint(path, every_s=None, tag="t"))
     assert "resuming from epoch 2, step 6" in caplog.text
-    assert _same(resumed, uninterrupted["fp32"])
+    assert _same(resumed, uninterrupted["fp32", "triangle"])
 
 
 def test_a_previous_handler_runs_after_the_checkpoint_is_written(tmp_path, uninterrupted):
@@ -130,7 +141,7 @@ def test_a_previous_handler_runs_after_the_checkpoint_is_written(tmp_path, unint
     finally:
         signal.signal(signal.SIGUSR2, old)
     assert seen == [(signal.SIGUSR2, True)]
-    assert _same(model, uninterrupted["fp32"])
+    assert _same(model, uninterrupted["fp32", "triangle"])
 
 
 def test_a_damaged_checkpoint_is_reported_and_training_starts_over(tmp_path, uninterrupted,
@@ -144,7 +155,62 @@ def test_a_damaged_checkpoint_is_reported_and_training_starts_over(tmp_path, uni
     with caplog.at_level(logging.WARNING, logger="runner.checkpoint"):
         model = _train(TrainCheckpoint(path, every_s=0, tag="t"))
     assert "damaged" in caplog.text
-    assert _same(model, uninterrupted["fp32"])
+    assert _same(model, uninterrupted["fp32", "triangle"])
+
+
+def test_a_checkpoint_from_another_device_is_not_resumed(tmp_path, uninterrupted, caplog):
+    """A generator state of one device type cannot seed another's: such a checkpoint (a GPU job
+    preempted, then rerun on a CPU) is set aside and training starts over."""
+    path = tmp_path / "train.ckpt"
+    with pytest.raises(Stop):
+        _train(TrainCheckpoint(path, every_s=0, tag="t"), grad_hook=_stop_at(40))
+    ckpt = TrainCheckpoint(path, every_s=0, tag="t")
+    state = ckpt._read()
+    state["device_type"] = "cuda"
+    ckpt._write(state)
+    with caplog.at_level(logging.WARNING, logger="runner.checkpoint"):
+        model = _train(TrainCheckpoint(path, every_s=0, tag="t"))
+    assert "training from scratch" in caplog.text and "'cuda'" in caplog.text
+    assert _same(model, uninterrupted["fp32", "triangle"])
+
+
+class _SignalAtTheEnd(torch.optim.lr_scheduler.StepLR):
+    def step(self, *args):
+        super().step(*args)
+        if self.last_epoch == EPOCHS:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_signal_after_the_last_step_is_not_lost(tmp_path, uninterrupted):
+    """SIGTERM during the per-epoch scheduler step that ends training: no step follows, so the
+    end of fit saves the finished training and stops; the rerun resumes it and trains nothing."""
+    path = tmp_path / "train.ckpt"
+    model, batches, opt, _ = _setup("step")
+    sched = _SignalAtTheEnd(opt, step_size=1, gamma=0.5)
+    with pytest.raises(Preempted, match=f"epoch {EPOCHS + 1}, step 0"):
+        fit(model, batches, epochs=EPOCHS, optimizer=opt, scheduler=sched,
+            checkpoint=TrainCheckpoint(path, every_s=None, tag="t"))
+    resumed = _train(TrainCheckpoint(path, every_s=None, tag="t"), schedule="step",
+                     grad_hook=_stop_at(1))  # would raise if any step ran
+    assert _same(resumed, uninterrupted["fp32", "step"])
+
+
+def test_a_requeue_by_the_previous_handler_counts_as_preemption(tmp_path):
+    """submitit's handler requeues and exits (SystemExit): the run is recorded as preempted."""
+    from runner.checkpoint import is_preemption
+
+    def requeue(signum, frame):
+        raise SystemExit(144)
+
+    old = signal.signal(signal.SIGUSR2, requeue)
+    try:
+        with pytest.raises(SystemExit) as info:
+            _train(TrainCheckpoint(tmp_path / "train.ckpt", every_s=None, tag="t"),
+                   grad_hook=_signal_at(5, signal.SIGUSR2))
+    finally:
+        signal.signal(signal.SIGUSR2, old)
+    assert is_preemption(info.value) and not is_preemption(SystemExit(1))
+    assert info.value.code == 144  # the exit code submitit's local executor requeues on
 
 
 def test_a_checkpoint_of_another_model_is_refused(tmp_path):

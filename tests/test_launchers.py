@@ -166,6 +166,11 @@ def test_a_killed_then_preempted_run_resumes_to_the_uninterrupted_metrics(tmp_pa
     assert proc.returncode == -signal.SIGKILL, why
     assert list((cache / "original").glob(".partial-*/train.ckpt")), why
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "running"
+    # The report puts the killed run in its cell: its config was written before any work.
+    report = subprocess.run([sys.executable, "-m", "runner.report", str(run_dir), "--out",
+                             str(tmp_path / "table")], cwd=REPO, capture_output=True, text=True,
+                            check=True).stdout
+    assert "| digits | 10% | ft | unfinished |" in report and "0/1 (1 unfinished)" in report
     # 2. Rerun; SIGTERM while the oracle trains: it saves, stops, and says so.
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     _stop_during(proc, cache, "retrain", term_at, signal.SIGTERM)

@@ -203,3 +203,24 @@ def test_report_keeps_hyper_parameters_apart_and_flags_duplicates():
     assert set(labels) == {"ga (no D_R) method.lr=0.1", "ga (no D_R) method.lr=0.001"}
     assert labels["ga (no D_R) method.lr=0.1"][3] == "15.00 ± 7.07"
     assert labels["ga (no D_R) method.lr=0.001"][-1] == "2/2 (1 dup)"
+
+
+def test_report_lists_jobs_of_a_sweep_that_never_started(tmp_path):
+    """Expanded from multirun.yaml as Hydra's basic sweeper does (sweeper params from an experiment
+    config plus command-line sweeps), matched against each job dir's .hydra/overrides.yaml, where
+    Hydra writes an interpolation escaped; interpolations are never resolved."""
+    from omegaconf import OmegaConf
+
+    from runner.report import never_started
+    OmegaConf.save({"hydra": {
+        "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                    "params": {"seed": "1,10"}},
+        "overrides": {"task": ["method=ft,rl", "paths.cache_dir=${oc.env:NOT_SET_HERE}/c"]}}},
+        tmp_path / "multirun.yaml")
+    for n, (seed, method) in enumerate([(1, "ft"), (1, "rl"), (10, "ft")]):
+        (tmp_path / str(n) / ".hydra").mkdir(parents=True)
+        OmegaConf.save(OmegaConf.create([f"seed={seed}", f"method={method}",
+                                         r"paths.cache_dir=$\{oc.env\:NOT_SET_HERE\}/c"]),
+                       tmp_path / str(n) / ".hydra" / "overrides.yaml")
+    assert never_started(tmp_path) == [
+        r"method=rl paths.cache_dir=$\{oc.env\:NOT_SET_HERE\}/c seed=10"]
