@@ -7,7 +7,7 @@ with (`runner.train.train_from_scratch`).
 
 Defaults: `model=airbench train=fast` on `dataset=cifar10_jpeg` with all of its images
 (`dataset.subset.train=null dataset.subset.test=null`) and airbench's augmentation, flip + 2-pixel
-translation (`dataset=cifar10_jpeg` turns augmentation off for its CPU subset). Data loading is not
+translation with reflect padding (`dataset=cifar10_jpeg` turns augmentation off for its CPU subset). Data loading is not
 timed (the images are put on the device first); the whitening init and every training step are.
 One extra, untimed run first takes the device's start-up (and compiling, with
 `train.compile=true`). Writes outputs/bench/fast.json.
@@ -24,7 +24,7 @@ from runner.trained import (eval_batch_size, fit_new_model, load_dataset, new_mo
                             resolve_device)
 
 DEFAULTS = ["dataset=cifar10_jpeg", "dataset.subset.train=null", "dataset.subset.test=null",
-            "dataset.augment.crop_pad=2", "dataset.augment.flip=true",
+            "dataset.augment.crop_pad=2", "dataset.augment.flip=true", "dataset.augment.pad_mode=reflect",
             "model=airbench", "train=fast", "logger=none"]
 
 

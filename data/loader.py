@@ -17,10 +17,12 @@ Relabel = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 @dataclass(frozen=True)
 class Augment:
-    """Random crop with zero padding of `crop_pad` pixels, then a random horizontal flip."""
+    """Random crop after padding by `crop_pad` pixels, then a random horizontal flip. `pad_mode`:
+    `zeros` (torchvision's RandomCrop(padding=...), the papers' recipes) or `reflect` (airbench)."""
 
     crop_pad: int = 0
     flip: bool = False
+    pad_mode: str = "zeros"
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
@@ -28,12 +30,15 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
 
 
-def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
-    """Per-sample random crop of a zero-padded batch, done with one gather on the device."""
+def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator,
+                mode: str = "zeros") -> torch.Tensor:
+    """Per-sample random crop of a padded batch (`mode`: zeros or reflect), done with one gather on
+    the device."""
     if pad == 0:
         return x
     b, c, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad),
+                                     mode="constant" if mode == "zeros" else mode)
     dy = torch.randint(0, 2 * pad + 1, (b,), device=x.device, generator=gen)
     dx = torch.randint(0, 2 * pad + 1, (b,), device=x.device, generator=gen)
     rows = (dy[:, None] + torch.arange(h, device=x.device)[None])[:, None, :, None]
@@ -99,7 +104,7 @@ class Batches:
 
 
     def _augment(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        out = random_crop(x, self.augment.crop_pad, self.gen)
+        out = random_crop(x, self.augment.crop_pad, self.gen, self.augment.pad_mode)
         if self.augment.flip:
             out = random_flip(out, self.gen)
         if self.augment_mask is None:

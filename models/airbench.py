@@ -16,10 +16,11 @@ the 1/9 output scale, and test-time augmentation of the logits (`tta`: 0 none, 1
 one-pixel translations; airbench94 evaluates with 2). The TTA applies in eval mode only, so every
 evaluator, attack and PGD step sees the same averaged logits; training sees one view.
 
-What is not: airbench trains the whitening bias for 3 epochs and then freezes it, uses a lookahead
-EMA of the weights and fp16 weights; here the bias trains throughout, there is no EMA, and
-precision is the recipe's (`train.precision: bf16` autocast). BatchNorm's epsilon defaults to
-airbench's 1e-12 (`bn_eps`). Its optimizer settings (Nesterov SGD,
+The whitening bias starts at zero and trains for the first `whiten_bias_epochs` epochs only
+(airbench: 3); the model says so in `epoch_limits()`, which the training loop's optimizer reads
+(`runner.train.EpochAwareSGD`). airbench's lookahead EMA of the weights is the recipe's
+(`train.lookahead`). What is not kept: airbench's fp16 weights; precision is the recipe's
+(`train.precision: bf16` autocast). BatchNorm's epsilon defaults to airbench's 1e-12 (`bn_eps`). Its optimizer settings (Nesterov SGD,
 label smoothing 0.2, BN biases at 64x the learning rate, the warm-up/decay schedule) are the
 `train=fast` recipe, not part of the model.
 """
@@ -74,12 +75,15 @@ class AirbenchNet(nn.Module):
         scale: multiplies the logits.
         tta: test-time augmentation of the logits in eval mode: 0 none, 1 the mean over the image
             and its mirror, 2 airbench94's level 2 (see `forward`).
+        whiten_bias_epochs: the whitening bias trains for this many epochs, then stays fixed
+            (None: throughout).
     """
 
     def __init__(self, *, num_classes: int, in_channels: int, image_size: int,
                  mean: Sequence[float], std: Sequence[float],
                  widths: Sequence[int] = (64, 256, 256), bn_momentum: float = 0.4,
-                 bn_eps: float = 1e-12, scale: float = 1 / 9, tta: int = 2) -> None:
+                 bn_eps: float = 1e-12, scale: float = 1 / 9, tta: int = 2,
+                 whiten_bias_epochs: int | None = 3) -> None:
         super().__init__()
         check_model_args(num_classes, in_channels, image_size)
         if image_size < 16:
@@ -89,16 +93,28 @@ class AirbenchNet(nn.Module):
             raise ValueError(f"widths must be three positive ints, got {widths}")
         if tta not in (0, 1, 2):
             raise ValueError(f"tta must be 0, 1 or 2, got {tta!r}")
+        if whiten_bias_epochs is not None and (isinstance(whiten_bias_epochs, bool)
+                                               or not isinstance(whiten_bias_epochs, int)
+                                               or whiten_bias_epochs < 0):
+            raise ValueError(f"whiten_bias_epochs must be null or an int >= 0, "
+                             f"got {whiten_bias_epochs!r}")
+        self.whiten_bias_epochs = whiten_bias_epochs
         self.num_classes, self.in_channels, self.image_size = num_classes, in_channels, image_size
         self.scale, self.tta = float(scale), tta
         self.normalize = make_normalize(in_channels, mean, std)
         whiten_width = 2 * in_channels * WHITEN_KERNEL ** 2
         self.whiten = nn.Conv2d(in_channels, whiten_width, WHITEN_KERNEL, bias=True)
         self.whiten.weight.requires_grad_(False)
+        with torch.no_grad():
+            self.whiten.bias.zero_()
         ins = [whiten_width, *widths[:2]]
         self.groups = nn.Sequential(*(_Group(i, o, bn_momentum, bn_eps)
                                       for i, o in zip(ins, widths)))
         self.fc = nn.Linear(widths[2], num_classes, bias=False)
+
+    def epoch_limits(self) -> dict[str, int]:
+        """Parameters that train for a number of epochs only, then stay as they are."""
+        return {} if self.whiten_bias_epochs is None else {"whiten.bias": self.whiten_bias_epochs}
 
     @torch.no_grad()
     def init_from_data(self, images: torch.Tensor, eps: float = 5e-4) -> None:

@@ -43,6 +43,14 @@ class Schedule:
 
 
 @dataclass
+class LookaheadSpec:
+    start_epochs: int = MISSING
+    decay_base: float = MISSING
+    decay_pow: float = MISSING
+    every_n_steps: int = MISSING
+
+
+@dataclass
 class TrainRecipe:
     epochs: int = MISSING
     batch_size: int = MISSING
@@ -56,12 +64,14 @@ class TrainRecipe:
     label_smoothing: float = MISSING
     bias_lr_scale: float = MISSING
     compile: bool = MISSING
+    lookahead: Optional[LookaheadSpec] = MISSING
 
 
 @dataclass
 class AugmentSpec:
     crop_pad: int = MISSING
     flip: bool = MISSING
+    pad_mode: str = MISSING
 
 
 @dataclass
@@ -228,6 +238,17 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"train.label_smoothing must be in [0, 1), got {train.label_smoothing}")
     if train.bias_lr_scale <= 0:
         raise ConfigError(f"train.bias_lr_scale must be > 0, got {train.bias_lr_scale}")
+    la = train.lookahead
+    if la is not None and not (la.start_epochs >= 0 and 0 < la.decay_base < 1
+                               and la.decay_pow >= 0 and la.every_n_steps >= 1):
+        raise ConfigError("train.lookahead needs start_epochs >= 0, 0 < decay_base < 1, "
+                          f"decay_pow >= 0 and every_n_steps >= 1, got {dict(la)}")
+    aug = ds.augment
+    if aug.pad_mode not in ("zeros", "reflect"):
+        raise ConfigError(f"dataset.augment.pad_mode must be zeros or reflect, got {aug.pad_mode!r}")
+    if aug.pad_mode == "reflect" and aug.crop_pad >= ds.image_size:
+        raise ConfigError(f"dataset.augment: reflect padding needs crop_pad < image_size "
+                          f"({ds.image_size}), got {aug.crop_pad}")
     _check_ranges(dict(train), "train")
     if cfg.stage not in ("unlearn", "reference"):
         raise ConfigError(f"stage must be unlearn or reference, got {cfg.stage!r}")

@@ -29,23 +29,93 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
 def sgd(model: torch.nn.Module, *, lr: float, momentum: float, weight_decay: float,
-        nesterov: bool = False, bias_lr_scale: float = 1.0) -> torch.optim.SGD:
+        nesterov: bool = False, bias_lr_scale: float = 1.0, **epoch_aware) -> torch.optim.SGD:
     """SGD over the trainable parameters. `bias_lr_scale` != 1 puts the BatchNorm shifts in a group
     of their own at lr x scale and weight decay / scale, so their decay per step (lr x wd) is the
-    others' (airbench's "bias scaler")."""
+    others' (airbench's "bias scaler"). With `epoch_aware` arguments it is an `EpochAwareSGD`."""
     params = [p for p in model.parameters() if p.requires_grad]
-    if bias_lr_scale == 1.0:
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                               nesterov=nesterov)
-    norm_bias = {id(m.bias) for m in model.modules()
-                 if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.bias is not None}
-    biases = [p for p in params if id(p) in norm_bias]
-    others = [p for p in params if id(p) not in norm_bias]
-    groups = [{"params": others},
-              {"params": biases, "lr": lr * bias_lr_scale,
-               "weight_decay": weight_decay / bias_lr_scale}]
-    return torch.optim.SGD([g for g in groups if g["params"]], lr=lr, momentum=momentum,
-                           weight_decay=weight_decay, nesterov=nesterov)
+    groups = [{"params": params}]
+    if bias_lr_scale != 1.0:
+        norm_bias = {id(m.bias) for m in model.modules()
+                     if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.bias is not None}
+        groups = [{"params": [p for p in params if id(p) not in norm_bias]},
+                  {"params": [p for p in params if id(p) in norm_bias],
+                   "lr": lr * bias_lr_scale, "weight_decay": weight_decay / bias_lr_scale}]
+    groups = [g for g in groups if g["params"]]
+    options = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    if epoch_aware:
+        return EpochAwareSGD(model, groups, **epoch_aware, **options)
+    return torch.optim.SGD(groups, **options)
+
+
+class EpochAwareSGD(torch.optim.SGD):
+    """SGD that counts its steps and adds two things airbench94 does (Jordan, arXiv:2404.00498):
+
+    - `epoch_limits` {parameter name: N}: the parameter trains for the first N epochs only (the
+      model's `epoch_limits()`; airbench's whitening bias, N = 3). From then on its gradient is
+      dropped before each step, so neither momentum nor weight decay moves it.
+    - `lookahead` {start_epochs, decay_base, decay_pow, every_n_steps} or None: an EMA of the
+      model's whole float state (weights and BatchNorm statistics). From epoch `start_epochs` on,
+      every `every_n_steps` steps the EMA moves 1 - rho of the way to the model and the model is set
+      to the EMA, rho = decay_base ** every_n_steps * (step / total_steps) ** decay_pow (averaging
+      harder as training ends); the first such step only starts the EMA. At the end of every epoch
+      the model is set to the EMA.
+
+    Its state_dict holds the step count and the EMA, so a training resumed from a checkpoint goes
+    on exactly as it would have.
+    """
+
+    def __init__(self, model: torch.nn.Module, groups, *, steps_per_epoch: int, total_steps: int,
+                 epoch_limits: dict[str, int], lookahead: dict | None, **options):
+        super().__init__(groups, **options)
+        named = dict(model.named_parameters())
+        self.limited = [(named[name], epochs * steps_per_epoch)
+                        for name, epochs in epoch_limits.items()]
+        self.model, self.lookahead = model, lookahead
+        self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
+        self.steps = 0
+        self.ema: dict[str, torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for param, last_step in self.limited:
+            if self.steps >= last_step:
+                param.grad = None
+        loss = super().step(closure)
+        self.steps += 1
+        la = self.lookahead
+        if la is not None:
+            epoch = (self.steps - 1) // self.steps_per_epoch
+            if epoch >= la["start_epochs"] and self.steps % la["every_n_steps"] == 0:
+                if self.ema is None:
+                    self.ema = {k: v.detach().clone() for k, v in self._float_state().items()}
+                else:
+                    rho = (la["decay_base"] ** la["every_n_steps"]
+                           * (self.steps / self.total_steps) ** la["decay_pow"])
+                    self._pull(1.0 - rho)
+            if self.ema is not None and self.steps % self.steps_per_epoch == 0:
+                self._pull(0.0)  # an epoch's end: the model becomes the EMA
+        return loss
+
+    def _float_state(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.model.state_dict().items() if v.is_floating_point()}
+
+    def _pull(self, weight: float) -> None:
+        """EMA += weight * (model - EMA); then model = EMA."""
+        for name, value in self._float_state().items():
+            self.ema[name].lerp_(value, weight)
+            value.copy_(self.ema[name])
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "epoch_aware": {"steps": self.steps, "ema": self.ema}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        mine = state_dict["epoch_aware"]
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != "epoch_aware"})
+        self.steps = mine["steps"]
+        float_state = self._float_state()
+        self.ema = (None if mine["ema"] is None else
+                    {k: v.to(float_state[k].device).clone() for k, v in mine["ema"].items()})
 
 
 def triangle(step: int, total: int, warmup: float, start: float, end: float) -> float:
@@ -139,7 +209,8 @@ def train_from_scratch(model: torch.nn.Module, batches, recipe, *, desc: str = "
                        whiten_samples: int = 5000,
                        checkpoint: TrainCheckpoint | None = None) -> torch.nn.Module:
     """Train a freshly built model with a recipe (a `conf/train` node): SGD (Nesterov, BN-bias lr
-    scale), the recipe's schedule, label smoothing, precision, and `torch.compile` when asked.
+    scale; the lookahead EMA and the model's `epoch_limits()` through `EpochAwareSGD`), the
+    recipe's schedule, label smoothing, precision, and `torch.compile` when asked.
 
     A model with `init_from_data(images)` (airbench's whitening layer) first gets `whiten_samples`
     training images, evenly spaced through the set so every class is there even when it is sorted.
@@ -150,8 +221,13 @@ def train_from_scratch(model: torch.nn.Module, batches, recipe, *, desc: str = "
         n = len(batches.x)
         pick = torch.linspace(0, n - 1, min(n, whiten_samples), device=batches.x.device).long()
         model.init_from_data(to_float(batches.x[pick]))
+    limits = model.epoch_limits() if hasattr(model, "epoch_limits") else {}
+    lookahead = None if recipe.lookahead is None else dict(recipe.lookahead)
+    epoch_aware = ({} if not limits and lookahead is None else
+                   dict(steps_per_epoch=len(batches), total_steps=recipe.epochs * len(batches),
+                        epoch_limits=limits, lookahead=lookahead))
     opt = sgd(model, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
-              nesterov=recipe.nesterov, bias_lr_scale=recipe.bias_lr_scale)
+              nesterov=recipe.nesterov, bias_lr_scale=recipe.bias_lr_scale, **epoch_aware)
     sched = make_scheduler(opt, epochs=recipe.epochs, steps_per_epoch=len(batches),
                            **recipe.schedule)
     loss_fn = functools.partial(F.cross_entropy, label_smoothing=recipe.label_smoothing)

@@ -144,8 +144,9 @@ def test_train_fast_runs_end_to_end_and_learns(make_cfg, tmp_path, compile_):
     """train=fast + model=airbench through the runner (original, oracle, unlearning, evaluation) on
     generated 16x16 images: the original is far above chance. `compile=true` runs the same recipe
     through torch.compile (the code path GPU users take for speed)."""
+    # 12 epochs of 8 steps: the lookahead EMA (from epoch 3) needs enough steps to average over.
     cfg = make_cfg(*FAST, "dataset=synthetic", "model=airbench", "model.widths=[16,32,32]",
-                   "train=fast", "train.epochs=6", "train.batch_size=64", "train.lr=0.5",
+                   "train=fast", "train.epochs=12", "train.batch_size=64", "train.lr=0.5",
                    f"train.compile={str(compile_).lower()}", "method=ft", "method.epochs=1")
     result = execute(cfg, tmp_path / "run")
     assert result["status"] == "ok"
@@ -153,3 +154,78 @@ def test_train_fast_runs_end_to_end_and_learns(make_cfg, tmp_path, compile_):
     assert original["test_acc"] > 60.0, original  # 4 classes: chance is 25 %
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["metrics"]["retrain"]["forget_acc"] < original["forget_acc"]
+
+
+def _reference_lookahead_run(model, data, *, lr, steps_per_epoch, epochs, la, limit_epochs):
+    """airbench94's loop, transcribed: plain SGD; the parameter `3.bias` (in the whitening bias's
+    role) stops training after `limit_epochs` (requires_grad off); a LookaheadState-style EMA of
+    the float state dict, started at the first update step of epoch `start_epochs`, updated every n steps
+    with rho = base ** n * (step / total) ** pow, and copied back at every epoch's end."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True)
+    total, step, ema = epochs * steps_per_epoch, 0, None
+    for epoch in range(epochs):
+        model[3].bias.requires_grad = epoch < limit_epochs
+        for x, y in data:
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            step += 1
+            if epoch >= la["start_epochs"] and step % la["every_n_steps"] == 0:
+                if ema is None:
+                    ema = {k: v.clone() for k, v in model.state_dict().items()}
+                else:
+                    rho = (la["decay_base"] ** la["every_n_steps"]
+                           * (step / total) ** la["decay_pow"])
+                    for k, v in model.state_dict().items():
+                        if v.is_floating_point():
+                            ema[k].lerp_(v, 1 - rho)
+                            v.copy_(ema[k])
+        if ema is not None:
+            for k, v in model.state_dict().items():
+                if v.is_floating_point():
+                    v.copy_(ema[k])
+    return model
+
+
+def test_epoch_aware_sgd_is_airbenchs_lookahead_and_bias_freeze():
+    from runner.train import EpochAwareSGD
+    torch.manual_seed(0)
+    data = [(torch.randn(16, 3), torch.randint(0, 2, (16,))) for _ in range(4)]  # 4 steps/epoch
+    la = dict(start_epochs=1, decay_base=0.9, decay_pow=2.0, every_n_steps=3)
+
+    def net():
+        torch.manual_seed(1)
+        return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4),
+                                   torch.nn.ReLU(), torch.nn.Linear(4, 2))
+
+    reference = _reference_lookahead_run(net(), data, lr=0.1, steps_per_epoch=4, epochs=5, la=la,
+                                         limit_epochs=2)
+    ours = net()
+    opt = EpochAwareSGD(ours, ours.parameters(), steps_per_epoch=4, total_steps=20,
+                        epoch_limits={"3.bias": 2}, lookahead=la, lr=0.1, momentum=0.9,
+                        nesterov=True)
+    bias_after = []
+    for epoch in range(5):
+        for x, y in data:
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(ours(x), y).backward()
+            opt.step()
+        bias_after.append(ours[3].bias.detach().clone())
+    # The BatchNorm statistics are averaged too: compare the whole state.
+    for k, v in reference.state_dict().items():
+        assert torch.allclose(ours.state_dict()[k], v.to(ours.state_dict()[k].dtype),
+                              atol=1e-6), k
+    assert (bias_after[1] - bias_after[0]).abs().max() > 1e-3  # it trains in epochs 1 and 2 ...
+    assert all(torch.equal(bias_after[1], b) for b in bias_after[2:])  # ... then no more
+    ema_in_state = opt.state_dict()["epoch_aware"]
+    assert ema_in_state["steps"] == 20 and set(ema_in_state["ema"]) == set(ours.state_dict()) - {
+        "1.num_batches_tracked"}
+
+
+def test_whitening_bias_starts_at_zero_and_trains_three_epochs():
+    model = AirbenchNet(num_classes=10, in_channels=3, image_size=32, mean=[0.5] * 3,
+                        std=[0.25] * 3)
+    assert torch.equal(model.whiten.bias, torch.zeros_like(model.whiten.bias))
+    assert model.epoch_limits() == {"whiten.bias": 3}
+    assert AirbenchNet(num_classes=10, in_channels=3, image_size=32, mean=[0.5] * 3,
+                       std=[0.25] * 3, whiten_bias_epochs=None).epoch_limits() == {}

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from data.loader import Augment, Batches, Concat, random_crop, random_flip, to_float
@@ -8,15 +9,23 @@ def _images(n=6, c=2, h=5, w=5):
     return torch.arange(n * c * h * w, dtype=torch.float32).reshape(n, c, h, w) + 1
 
 
-def test_random_crop_is_a_window_of_the_zero_padded_image():
+@pytest.mark.parametrize("mode", ["zeros", "reflect"])
+def test_random_crop_is_a_window_of_the_padded_image(mode):
     x = _images()
     gen = torch.Generator().manual_seed(0)
-    out = random_crop(x, 2, gen)
-    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    out = random_crop(x, 2, gen, mode)
+    # Padding by hand: zeros, or the mirror image without repeating the edge (airbench's).
+    padded = torch.zeros(6, 2, 9, 9)
+    padded[:, :, 2:7, 2:7] = x
+    if mode == "reflect":
+        padded[:, :, 2:7, :2], padded[:, :, 2:7, 7:] = x[..., [2, 1]], x[..., [3, 2]]
+        padded[:, :, :2], padded[:, :, 7:] = padded[:, :, [4, 3]], padded[:, :, [5, 4]]
     for i in range(len(x)):
         windows = [padded[i, :, dy:dy + 5, dx:dx + 5] for dy in range(5) for dx in range(5)]
         assert any(torch.equal(out[i], w) for w in windows)
     assert not torch.equal(out, x)  # with 6 samples and 25 shifts, some sample moved
+    if mode == "reflect":
+        assert float(out.min()) >= 1  # no zero border anywhere
 
 
 def test_random_flip_flips_about_half_and_only_left_right():
