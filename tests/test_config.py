@@ -69,6 +69,13 @@ def test_paper_defaults_for_cifar10(make_cfg):
     (["train.schedule.name=triangle"], "triangle schedule needs"),
     (["train=fast", "train.label_smoothing=1.0"], r"label_smoothing must be in \[0, 1\)"),
     (["train.bias_lr_scale=0"], "bias_lr_scale must be > 0"),
+    (["train=fast", "train.lookahead.decay_base=1.5"], "train.lookahead needs"),
+    (["train=fast", "train.lookahead.every_n_steps=0"], "train.lookahead needs"),
+    (["dataset.augment.pad_mode=mirror"], "pad_mode must be zeros or reflect"),
+    (["dataset.augment.pad_mode=reflect", "dataset.augment.crop_pad=8"], "reflect padding needs"),
+    (["dataset=cifar10", "model=airbench", "model.whiten_bias_epochs=-1"],
+     "whiten_bias_epochs must be null or an int >= 0"),
+    (["checkpoint.every_s=-5"], "checkpoint.every_s must be null or"),
     (["model=airbench"], "at least 16x16"),  # the default dataset is 8x8 digits
     (["dataset=cifar10", "model=airbench", "model.tta=3"], "tta must be 0, 1 or 2"),
     (["model.width=0"], "width must be a positive int"),
