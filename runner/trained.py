@@ -144,16 +144,17 @@ def train_or_load(cfg: DictConfig, cache: Cache, kind: str, ds: datasets.Dataset
     seed = cfg.seed if seed is None else seed
     model = new_model(cfg, device, seed)
     spec = model_spec(cfg, ds, train_idx, seed=seed, population=population)
+    key = key_of(spec)
 
     def write(directory: Path) -> None:
         idx = torch.as_tensor(train_idx, device=device)
         x, y = ds.population if population else (ds.train_x, ds.train_y)
-        partial = cache.partial_dir(kind, key_of(spec))
+        partial = cache.partial_dir(kind, key)
         checkpoint = (TrainCheckpoint(partial / "train.ckpt", cfg.checkpoint.every_s,
-                                      tag=f"{kind}/{key_of(spec)}") if partial else None)
+                                      tag=f"{kind}/{key}") if partial else None)
         fit_new_model(cfg, model, x[idx], y[idx], seed, desc=desc or kind, checkpoint=checkpoint)
         save_model(directory, model)
 
-    path, key, hit = cache.get_or_build(kind, spec, write)
+    path, _, hit = cache.get_or_build(kind, spec, write)
     state.cache_keys[kind], state.cache_hits[kind] = key, hit
     return load_model(path, model) if hit else model.eval()
