@@ -4,7 +4,8 @@ STAMP   := .venv/.installed
 # The sweep that `make table-demo` tabulates: the newest Hydra sweep dir unless SWEEP=... is given.
 SWEEP   ?= $(shell ls -td outputs/demo outputs/multirun/*/*/ 2>/dev/null | head -1)
 
-.PHONY: help setup demo table-demo table-amun-cifar10 table-offline table-trw bench bench-gpu test test-slow clean
+.PHONY: help setup demo table-demo table-amun-cifar10 table-amun-lipschitz table-offline table-trw \
+        table-lotos table-lotos-offline bench bench-gpu test test-slow clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -27,6 +28,21 @@ table-demo: setup  ## table of a sweep dir (SWEEP=dir, default: the newest sweep
 table-amun-cifar10: setup  ## AMUN Table 1 (CIFAR-10, 9 methods x 10%/50% x 3 seeds; a GPU job)
 	$(PY) -m runner -m experiment=amun_table1 $(ARGS)
 	$(PY) -m runner.report outputs/amun_table1
+
+table-amun-lipschitz: setup  ## AMUN on clipped ResNet-18s without BN (Tables 3/6; a GPU job)
+	$(PY) -m runner -m experiment=amun_lipschitz method=retrain,amun $(ARGS)
+	$(PY) -m runner -m experiment=amun_lipschitz method=amun method.use_retain=false $(ARGS)
+	$(PY) -m runner.report outputs/amun_lipschitz \
+	    --columns forget_acc,retain_acc,test_acc,rmia_ft_auc,rmia_fr_auc,avg_gap
+
+# LOTOS: ensembles of 3 clipped ResNet-18s, independent vs LOTOS; PGD robustness, transferability.
+LOTOS_OFFLINE := dataset=cifar10_jpeg model.width=16 train.epochs=15 ensemble.attack.n=500 logger=none
+table-lotos: setup  ## LOTOS vs independent ensembles on CIFAR-10 (a GPU job)
+	$(PY) -m runner -m experiment=lotos $(ARGS)
+	$(PY) -m runner.report outputs/lotos/cifar10
+table-lotos-offline: setup  ## the same at width 16 on the CIFAR-10 JPEG subset (CPU, ~30 min)
+	$(PY) -m runner -m experiment=lotos $(LOTOS_OFFLINE) $(ARGS)
+	$(PY) -m runner.report outputs/lotos/cifar10_jpeg
 
 # The AMUN comparison on the offline data (digits, the CIFAR-10 JPEG subset), 3 seeds, with and
 # without D_R: docs/results/. About an hour on a 2-core CPU, mostly the CIFAR subset.

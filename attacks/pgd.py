@@ -254,3 +254,25 @@ def auto_eps_init(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, b
     # round(): eps is stored in x's dtype, so radius / base is 2^k only up to rounding.
     k = max(0, round(math.log2(radius / base))) if radius > 0 else 0
     return base * 2.0 ** k
+
+
+def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, eps: float,
+        steps: int, step_ratio: float, batch_size: int) -> torch.Tensor:
+    """Plain untargeted PGD for robustness: `steps` ascent steps of size step_ratio * eps on the
+    cross-entropy, projected onto the `norm` eps-ball around x and clamped to [0, 1], no random
+    start and no early stop; returns the last iterate (robust accuracy is accuracy on it). LOTOS
+    evaluates robustness and transferability with L_inf eps 0.04, 50 steps; its step size is not
+    stated, step_ratio is our setting (conf: ensemble.attack)."""
+    _check_args(x, y, norm, eps, steps, step_ratio, 0, batch_size)
+    out = []
+    with _frozen_eval(model), torch.inference_mode(False), torch.enable_grad():
+        for start in range(0, len(x), batch_size):
+            stop = min(len(x), start + batch_size)
+            pool = _new_pool(x.detach(), y, start, stop, eps)
+            for _ in range(steps):
+                x_in = pool.x_t.requires_grad_(True)
+                loss = F.cross_entropy(model(x_in).float(), pool.y, reduction="sum")
+                grad, = torch.autograd.grad(loss, x_in)
+                pool.x_t = _pgd_step(pool, grad, norm, step_ratio)
+            out.append(pool.x_t.detach())
+    return torch.cat(out)

@@ -15,6 +15,13 @@ itself is run, never a formula for its matrix.
   weights. The paper says "a few gradient steps"; here each step is an exact line search, which is
   possible because A' v is linear in the weights (`steps`, default 5, is our choice).
 - `spectral_norms`: every clipped-kind layer's top singular value, for reports.
+- `ClipSpec` / `attach` / `Clipper`: clipping as a training option of a model (`model.clip=1.0`).
+  `attach` gives the model a `fastclip` attribute (a plain object, not a submodule: the
+  state_dict is unchanged); every optimizer `runner.train.sgd` builds for the model then runs one
+  warm-started PowerQR iteration per layer after each step (100 before the first), clips every
+  layer every `every` steps, and clips once more at the end of training until each layer is
+  within `FINAL_TOLERANCE` of the target. Clipping stays with the model through `deepcopy`, so
+  the unlearning methods' fine-tuning of a clipped model keeps it clipped.
 
 The input shape of a conv layer (C, H, W) is the one it sees in the network: a convolution's
 operator norm depends on the image size (through the borders).
@@ -22,11 +29,14 @@ operator norm depends on the image size (through the borders).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 AFFINE = (nn.Conv2d, nn.Linear)
 
@@ -63,9 +73,9 @@ class PowerQR:
     def run(self, iterations: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """`iterations` more steps; returns the top k singular values, largest first."""
         w = self.layer.weight
-        if self.x is None:
+        if self.x is None:  # drawn on the CPU: one seed gives the same start on any device
             self.x = torch.randn((self.k, *self.input_shape), generator=generator,
-                                 device=w.device, dtype=torch.float32)
+                                 dtype=torch.float32).to(w.device)
         x = self.x.to(w.device, torch.float32)
         r = None
         for _ in range(iterations):
@@ -94,7 +104,8 @@ def clip_layer(state: PowerQR, target: float, *, steps: int = 5, push_up: float 
     """Clip the layer's top singular value to `target` (see the module doc); returns sigma before
     and after. `push_up` (conv layers only): also raise sigma to the target when it is lower by at
     least this much; None never raises."""
-    state.run(iterations)
+    if iterations:
+        state.run(iterations)
     sigma, v, u = state.top()
     before = float(sigma)
     raise_it = (push_up is not None and isinstance(state.layer, nn.Conv2d)
@@ -118,7 +129,7 @@ def clip_layer(state: PowerQR, target: float, *, steps: int = 5, push_up: float 
             w -= (grad.pow(2).sum() / denom) * grad
             if residual.norm() < 1e-6:
                 break
-    state.run(iterations)
+    state.run(max(iterations, 1))
     return before, float(state.top()[0])
 
 
@@ -154,3 +165,117 @@ def input_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[int
         for hook in hooks:
             hook.remove()
     return shapes
+
+
+# The last clip of a training repeats until each layer's estimate is this close to the target
+# (at or below it for layers that are not pushed up), at most FINAL_ROUNDS times.
+FINAL_TOLERANCE, FINAL_ROUNDS, FINAL_ITERATIONS = 0.01, 20, 100
+DRIFT_WARNING = 1.2  # warn when a layer ends training this many times above the target (without
+                     # batch norm; with it, a conv's scale does not change the function)
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """`model.clip*` of the config: the target spectral norm of every conv and linear layer and
+    how the clipping runs (see the module doc)."""
+
+    target: float
+    every: int | None = None   # optimizer steps between clips; None: 50 with batch norm in the
+                               # model, 100 without (the paper)
+    steps: int = 5             # exact-line-search descent steps per clip (our choice)
+    push_up: float | None = 0.05  # conv layers this far below the target are raised to it
+    init_iterations: int = 100    # PowerQR iterations before the first step (the paper)
+
+    def __post_init__(self):
+        if not self.target > 0:
+            raise ValueError(f"clip: the target spectral norm must be > 0, got {self.target}")
+        if self.every is not None and self.every < 1:
+            raise ValueError(f"clip_every must be null or >= 1, got {self.every}")
+        if self.steps < 1 or self.init_iterations < 1:
+            raise ValueError(f"clip_steps and init_iterations must be >= 1, got {self.steps} "
+                             f"and {self.init_iterations}")
+        if self.push_up is not None and self.push_up < 0:
+            raise ValueError(f"clip_push_up must be null or >= 0, got {self.push_up}")
+
+
+class Clipper:
+    """The PowerQR state of every conv and linear layer of one model, and its clipping schedule.
+    A plain object held by the model as `model.fastclip` (see `attach`)."""
+
+    def __init__(self, model: nn.Module, spec: ClipSpec, example: torch.Tensor):
+        shapes = input_shapes(model, example)
+        has_bn = any(isinstance(m, nn.modules.batchnorm._NormBase) for m in model.modules())
+        self.spec, self.every, self.has_bn = spec, spec.every or (50 if has_bn else 100), has_bn
+        # k = 1: the top singular vector, what clipping and LOTOS (its k = 1) use.
+        self.states = {name: PowerQR(layer, shapes[name])
+                       for name, layer in model.named_modules() if isinstance(layer, AFFINE)}
+
+    def trainable(self) -> bool:
+        """False for a frozen copy (SCRUB's teacher): an optimizer never clips it."""
+        return any(s.layer.weight.requires_grad for s in self.states.values())
+
+    def after_step(self, step: int) -> None:
+        """After optimizer step `step` (1-based): one PowerQR iteration per layer, and a clip of
+        every layer every `every` steps. The first call runs `init_iterations` and clips, so the
+        training goes on from clipped layers."""
+        if any(s.x is None for s in self.states.values()):
+            gen = torch.Generator().manual_seed(0)
+            for s in self.states.values():
+                s.run(self.spec.init_iterations, gen)
+        elif step % self.every:
+            for s in self.states.values():
+                s.run(1)
+            return
+        for s in self.states.values():
+            self._clip(s, iterations=1)
+
+    def finish(self) -> None:
+        """The end of a training: clip every layer until it is at its target. Each round checks
+        the layer from a fresh random start (`FINAL_ITERATIONS` PowerQR iterations): the warm
+        start sits on the direction just clipped, and a next singular value above the target
+        has (nearly) no component along it, so the warm start can miss it."""
+        gen = torch.Generator().manual_seed(1)
+        before = {}
+        for name, s in self.states.items():
+            pushed = self.spec.push_up is not None and isinstance(s.layer, nn.Conv2d)
+            for _ in range(FINAL_ROUNDS):
+                probe = PowerQR(s.layer, s.input_shape, k=s.k)
+                sigma = float(probe.run(FINAL_ITERATIONS, gen)[0])
+                before.setdefault(name, sigma)
+                s.x = probe.x
+                if sigma <= self.spec.target + FINAL_TOLERANCE and (
+                        not pushed or sigma >= self.spec.target - FINAL_TOLERANCE):
+                    break
+                self._clip(s, iterations=0)
+        worst = max(before, key=before.get)
+        if not self.has_bn and before[worst] > DRIFT_WARNING * self.spec.target:
+            log.warning("FastClip: at the end of training %s had spectral norm %.3g against a "
+                        "target of %g; the final clip changes the model that much. Clip more "
+                        "often (model.clip_every, now %d steps).", worst, before[worst],
+                        self.spec.target, self.every)
+
+    def _clip(self, state: PowerQR, iterations: int) -> tuple[float, float]:
+        return clip_layer(state, self.spec.target, steps=self.spec.steps,
+                          push_up=self.spec.push_up, iterations=iterations)
+
+    def state_dict(self) -> dict[str, torch.Tensor | None]:
+        return {name: s.x for name, s in self.states.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, s in self.states.items():
+            s.x = None if state[name] is None else state[name].to(s.layer.weight.device).clone()
+
+
+def attach(model: nn.Module, spec: ClipSpec, example: torch.Tensor) -> nn.Module:
+    """Make clipping a training option of `model` (`example`: one input batch, for the layers'
+    input shapes). Returns the model."""
+    # object.__setattr__: a plain attribute, so the Clipper's layers are not registered twice.
+    object.__setattr__(model, "fastclip", Clipper(model, spec, example))
+    return model
+
+
+def clippers_of(model: nn.Module) -> list[Clipper]:
+    """The Clippers of `model` and its submodules (an ensemble's members) that an optimizer of
+    `model` trains."""
+    found = [getattr(m, "fastclip", None) for m in model.modules()]
+    return [c for c in found if isinstance(c, Clipper) and c.trainable()]

@@ -25,7 +25,7 @@ from torch import nn
 
 from models.layers import check_model_args, make_normalize, norm2d
 
-STAGE_WIDTHS: tuple[int, ...] = (64, 128, 256, 512)
+STAGE_MULTIPLIERS: tuple[int, ...] = (1, 2, 4, 8)  # of `width`: 64, 128, 256, 512 channels
 STAGE_STRIDES: tuple[int, ...] = (1, 2, 2, 2)
 BLOCKS_PER_STAGE: int = 2
 
@@ -89,13 +89,19 @@ class ResNet18(nn.Module):
             output by 2 (arXiv:2503.00917).
         batch_norm: if False every BatchNorm is replaced by Identity and the
             convolutions get biases instead.
+        width: channels of the stem and the first stage (64 in ResNet-18); the
+            stages have width x (1, 2, 4, 8). Smaller widths make a small ResNet
+            for CPU runs.
     """
 
     def __init__(self, *, num_classes: int, in_channels: int, image_size: int,
                  mean: Sequence[float], std: Sequence[float],
-                 halve_downsample: bool = False, batch_norm: bool = True) -> None:
+                 halve_downsample: bool = False, batch_norm: bool = True,
+                 width: int = 64) -> None:
         super().__init__()
         check_model_args(num_classes, in_channels, image_size)
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise ValueError(f"width must be a positive int, got {width!r}")
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.image_size = image_size
@@ -103,10 +109,11 @@ class ResNet18(nn.Module):
         self.batch_norm = batch_norm
 
         self.normalize = make_normalize(in_channels, mean, std)
-        self.conv1 = conv3x3(in_channels, STAGE_WIDTHS[0], 1, bias=not batch_norm)
-        self.bn1 = norm2d(STAGE_WIDTHS[0], batch_norm)
+        w = [width * m for m in STAGE_MULTIPLIERS]
+        s = STAGE_STRIDES
+        self.conv1 = conv3x3(in_channels, w[0], 1, bias=not batch_norm)
+        self.bn1 = norm2d(w[0], batch_norm)
         self.relu = nn.ReLU(inplace=True)
-        w, s = STAGE_WIDTHS, STAGE_STRIDES
         self.layer1 = self._make_stage(w[0], w[0], s[0])
         self.layer2 = self._make_stage(w[0], w[1], s[1])
         self.layer3 = self._make_stage(w[1], w[2], s[2])
@@ -128,7 +135,7 @@ class ResNet18(nn.Module):
         return [m for m in self.modules() if isinstance(m, BasicBlock)]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate representation (B, 512): the input of ``fc``."""
+        """Penultimate representation (B, 8 x width): the input of ``fc``."""
         out = self.relu(self.bn1(self.conv1(self.normalize(x))))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         return torch.flatten(self.avgpool(out), 1)

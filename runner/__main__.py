@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner.checkpoint import is_preemption
 from runner.config import validate
+from runner.ensemble import run_ensemble
 from runner.pipeline import run, run_reference
 from runner.results import Logger, git_commit, summary_rows, write_metrics
 
@@ -21,7 +22,8 @@ log = logging.getLogger("runner")
 def execute(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
     """Validate, run every stage, and record the outcome (metrics.json, W&B), failed or not."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    what = "reference" if cfg.get("stage") == "reference" else cfg.method.get("name", "?")
+    stage = cfg.get("stage")
+    what = stage if stage in ("reference", "ensemble") else cfg.method.get("name", "?")
     name = f"{what}-{cfg.dataset.get('name', '?')}-seed{cfg.get('seed')}"
     base = {"git_commit": git_commit(), "run_dir": str(run_dir), "name": name,
             "config": _config_record(cfg)}
@@ -34,7 +36,8 @@ def execute(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
         validate(cfg)  # before any data is loaded or any model trained
         base["config"] = OmegaConf.to_container(cfg, resolve=True)  # typed by validate
         logger = Logger(cfg, run_dir, name, group)
-        result = (run_reference if cfg.stage == "reference" else run)(cfg, run_dir)
+        stages = {"reference": run_reference, "ensemble": run_ensemble}
+        result = stages.get(cfg.stage, run)(cfg, run_dir)
     except BaseException as err:
         # preempted: stopped by a signal with its training state saved (by us, then maybe by
         # submitit's requeue, which exits); a rerun resumes it.
@@ -66,6 +69,14 @@ def print_summary(result: dict) -> None:
         ref = result["reference"]
         log.info("reference models %s: %d trained in %.1f s, the rest from the cache",
                  sorted(ref["keys"]), ref["trained"], ref["train_seconds"])
+        return
+    if result.get("stage") == "ensemble":
+        e = result["ensemble"]
+        log.info("ensemble: members' accuracy %s, ensemble %.2f; robust accuracy %s, ensemble "
+                 "%.2f; mean transferability rate %.2f (%d attacked images)",
+                 [round(a, 2) for a in e["member_acc"]], e["ensemble_acc"],
+                 [round(a, 2) for a in e["member_robust_acc"]], e["ensemble_robust_acc"],
+                 e["transfer_rate_mean"], e["n_attacked"])
         return
     columns, rows = summary_rows(result)
     for entry in result.get("requests", []):

@@ -250,8 +250,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"dataset.augment: reflect padding needs crop_pad < image_size "
                           f"({ds.image_size}), got {aug.crop_pad}")
     _check_ranges(dict(train), "train")
-    if cfg.stage not in ("unlearn", "reference"):
-        raise ConfigError(f"stage must be unlearn or reference, got {cfg.stage!r}")
+    if cfg.stage not in ("unlearn", "reference", "ensemble"):
+        raise ConfigError(f"stage must be unlearn, reference or ensemble, got {cfg.stage!r}")
+    _check_ensemble(cfg)
     ref = cfg.reference
     if not isinstance(ref.num_models, int) or ref.num_models < 2 or ref.num_models % 2:
         raise ConfigError(f"reference.num_models must be an even integer >= 2 (each sample is IN "
@@ -317,6 +318,23 @@ def _check_model(cfg: DictConfig) -> None:
                           f"{err}") from None
 
 
+def _check_ensemble(cfg: DictConfig) -> None:
+    e = cfg.ensemble
+    if isinstance(e.members, bool) or not isinstance(e.members, int) or e.members < 2:
+        raise ConfigError(f"ensemble.members must be an integer >= 2, got {e.members!r}")
+    if not (e.lotos_weight >= 0 and e.lotos_mal >= 0):
+        raise ConfigError(f"ensemble.lotos_weight and lotos_mal must be >= 0, got "
+                          f"{e.lotos_weight} and {e.lotos_mal}")
+    if e.lotos_weight and cfg.model.get("clip") is None:
+        raise ConfigError("ensemble.lotos_weight > 0: LOTOS works on the singular vectors FastClip "
+                          "keeps, so it needs clipped members (model.clip=1.0, say)")
+    a = e.attack
+    if a.norm not in ("l2", "linf") or not a.eps > 0 or not a.step_ratio > 0 or a.steps < 1 \
+            or a.n < 1:
+        raise ConfigError(f"ensemble.attack needs norm l2 or linf, eps > 0, step_ratio > 0, "
+                          f"steps >= 1 and n >= 1, got {dict(a)}")
+
+
 def _check_attack(method: DictConfig) -> None:
     """The attack that builds an adversarial set: typed, and its choices and ranges sane."""
     if "attack" not in method:
@@ -347,13 +365,26 @@ def _metric_names(cfg: DictConfig) -> set[str]:
     return names
 
 
+# The model config's clipping keys (models.fastclip.ClipSpec's fields); not constructor arguments.
+CLIP_KEYS = {"clip": "target", "clip_every": "every", "clip_steps": "steps",
+             "clip_push_up": "push_up"}
+
+
 def build_model(model_cfg: DictConfig, dataset_cfg: DictConfig):
     """Instantiate the model for this dataset: channels, classes, size and normalization come from
-    the dataset config; `normalize: false` feeds raw [0, 1] pixels (mean 0, std 1)."""
+    the dataset config; `normalize: false` feeds raw [0, 1] pixels (mean 0, std 1). With `clip` set,
+    every conv and linear layer is clipped to it during training (models.fastclip.attach)."""
     from hydra.utils import instantiate
 
-    kwargs = {k: v for k, v in model_cfg.items() if k != "normalize"}
+    from models.fastclip import ClipSpec, attach
+
+    kwargs = {k: v for k, v in model_cfg.items() if k != "normalize" and k not in CLIP_KEYS}
     c = dataset_cfg.channels
     mean, std = (list(dataset_cfg.mean), list(dataset_cfg.std)) if model_cfg.normalize else ([0.0] * c, [1.0] * c)
-    return instantiate(kwargs, num_classes=dataset_cfg.num_classes, in_channels=c,
-                       image_size=dataset_cfg.image_size, mean=mean, std=std)
+    model = instantiate(kwargs, num_classes=dataset_cfg.num_classes, in_channels=c,
+                        image_size=dataset_cfg.image_size, mean=mean, std=std)
+    if model_cfg.get("clip") is not None:
+        spec = ClipSpec(**{field: model_cfg[key] for key, field in CLIP_KEYS.items()
+                           if key in model_cfg})
+        attach(model, spec, torch.zeros(1, c, dataset_cfg.image_size, dataset_cfg.image_size))
+    return model

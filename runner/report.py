@@ -1,4 +1,5 @@
 """`python -m runner.report DIR`: one table from every metrics.json under DIR (a sweep dir).
+A sweep of stage=ensemble runs gets a table of its own: ensemble accuracy, robustness, transfer.
 
 Rows are methods (per dataset and forget spec); cells are the unlearned model's metrics as
 mean ± sample std (ddof=1) over the runs whose resolved configs differ only in seeds (`seed`,
@@ -26,6 +27,9 @@ import numpy as np
 from runner.results import METRICS_FILE
 
 COLUMNS = ("forget_acc", "retain_acc", "test_acc", "mia_efficacy", "avg_gap")
+# stage=ensemble runs (runner/ensemble.py): lists (one value per member) enter as their mean.
+ENSEMBLE_COLUMNS = ("member_acc", "ensemble_acc", "member_robust_acc", "ensemble_robust_acc",
+                    "transfer_rate_mean")
 METHOD_ORDER = ("original", "retrain", "ft", "rl", "ga", "bs", "l1_sparse", "salun", "amun", "amun_salun", "amun_a")
 
 
@@ -62,6 +66,10 @@ def _setting(r: dict) -> dict[str, str]:
 
 def _row_key(r: dict) -> tuple[str, str, str]:
     cfg = r.get("config", {})
+    if cfg.get("stage") == "ensemble":
+        e = cfg.get("ensemble", {})
+        kind = f"LOTOS {e.get('lotos_weight')}" if e.get("lotos_weight") else "independent"
+        return cfg.get("dataset", {}).get("name", "?"), f"{e.get('members')} members", kind
     forget = cfg.get("forget", {})
     if forget.get("kind") == "class":
         spec = f"class {forget.get('class_id')}"
@@ -75,6 +83,9 @@ def _row_key(r: dict) -> tuple[str, str, str]:
 
 
 def _value(r: dict, column: str) -> float:
+    if r.get("stage") == "ensemble":
+        value = r["ensemble"][column]
+        return float(np.mean(value)) if isinstance(value, list) else value
     if column == "avg_gap":
         return r["avg_gap"]
     if column not in r["metrics"]["unlearned"]:
@@ -210,13 +221,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="where table.md/csv go (default: sweep_dir)")
     parser.add_argument("--columns", default=",".join(COLUMNS),
                         help="comma-separated metrics of the unlearned model, and avg_gap "
-                             f"(default: {','.join(COLUMNS)})")
+                             f"(default: {','.join(COLUMNS)}; for stage=ensemble runs "
+                             f"{','.join(ENSEMBLE_COLUMNS)})")
     args = parser.parse_args(argv)
     results = load_results(args.sweep_dir)
     if not results:
         print(f"no {METRICS_FILE} under {args.sweep_dir}", file=sys.stderr)
         return 1
-    rows = make_table(results, columns=tuple(args.columns.split(",")))
+    ensembles = all(r.get("config", {}).get("stage") == "ensemble" for r in results)
+    columns = (ENSEMBLE_COLUMNS if ensembles and args.columns == ",".join(COLUMNS)
+               else tuple(args.columns.split(",")))
+    rows = make_table(results, columns=columns)
+    if ensembles:
+        rows[0][1:3] = ["ensemble", "training"]
     problems = [f"- {line}" for line in not_finished(results)]
     problems += [f"- never started: {job}" for job in never_started(args.sweep_dir)]
     markdown = to_markdown(rows)

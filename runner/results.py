@@ -75,6 +75,16 @@ class Logger:
             ref = result["reference"]
             self.run.summary.update({f"reference/{k}": ref[k] for k in ("trained", "train_seconds")})
             return
+        if result.get("stage") == "ensemble":
+            e = result["ensemble"]
+            flat = {f"ensemble/{k}": v for k, v in e.items() if isinstance(v, (int, float))}
+            for k in ("member_acc", "member_robust_acc"):
+                flat.update({f"ensemble/{k}/{i}": v for i, v in enumerate(e[k])})
+            flat.update({f"ensemble/transfer_rate/{pair}": v
+                         for pair, v in e["transfer_rate"].items()})
+            self.run.log(flat)
+            self.run.summary.update(flat)
+            return
         # Sequential runs log each request's metrics as one step (x axis: request).
         for entry in result.get("requests", []):
             self.run.log({**_flat(entry), "request": entry["request"]})

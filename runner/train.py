@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from data.loader import to_float
+from models.fastclip import Clipper, clippers_of
 from runner.checkpoint import TrainCheckpoint
 
 log = logging.getLogger("runner.train")
@@ -29,10 +30,13 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
 def sgd(model: torch.nn.Module, *, lr: float, momentum: float, weight_decay: float,
-        nesterov: bool = False, bias_lr_scale: float = 1.0, **epoch_aware) -> torch.optim.SGD:
+        nesterov: bool = False, bias_lr_scale: float = 1.0, steps_per_epoch: int | None = None,
+        total_steps: int | None = None, epoch_limits: dict[str, int] | None = None,
+        lookahead: dict | None = None) -> torch.optim.SGD:
     """SGD over the trainable parameters. `bias_lr_scale` != 1 puts the BatchNorm shifts in a group
     of their own at lr x scale and weight decay / scale, so their decay per step (lr x wd) is the
-    others' (airbench's "bias scaler"). With `epoch_aware` arguments it is an `EpochAwareSGD`."""
+    others' (airbench's "bias scaler"). With `epoch_limits`, `lookahead` or a clipped model
+    (models.fastclip.attach) it is an `EpochAwareSGD`, which needs the step counts."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": params}]
     if bias_lr_scale != 1.0:
@@ -43,8 +47,14 @@ def sgd(model: torch.nn.Module, *, lr: float, momentum: float, weight_decay: flo
                    "lr": lr * bias_lr_scale, "weight_decay": weight_decay / bias_lr_scale}]
     groups = [g for g in groups if g["params"]]
     options = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
-    if epoch_aware:
-        return EpochAwareSGD(model, groups, **epoch_aware, **options)
+    clippers = clippers_of(model)
+    if epoch_limits or lookahead is not None or clippers:
+        if steps_per_epoch is None or total_steps is None:
+            raise ValueError("sgd: epoch_limits, lookahead and clipping need steps_per_epoch "
+                             "and total_steps")
+        return EpochAwareSGD(model, groups, steps_per_epoch=steps_per_epoch,
+                             total_steps=total_steps, epoch_limits=epoch_limits or {},
+                             lookahead=lookahead, clippers=clippers, **options)
     return torch.optim.SGD(groups, **options)
 
 
@@ -61,12 +71,18 @@ class EpochAwareSGD(torch.optim.SGD):
       harder as training ends); the first such step only starts the EMA. At the end of every epoch
       the model is set to the EMA.
 
+    And FastClip (models.fastclip): after every step, and after the lookahead so that the model's
+    own weights are the clipped ones, each of `clippers` updates its PowerQR state and clips on
+    its schedule; `finish()`, which `fit` calls after the last step, clips every layer to its
+    target.
+
     Its state_dict holds the step count and the EMA, so a training resumed from a checkpoint goes
     on exactly as it would have.
     """
 
     def __init__(self, model: torch.nn.Module, groups, *, steps_per_epoch: int, total_steps: int,
-                 epoch_limits: dict[str, int], lookahead: dict | None, **options):
+                 epoch_limits: dict[str, int], lookahead: dict | None,
+                 clippers: list[Clipper] = (), **options):
         super().__init__(groups, **options)
         named = dict(model.named_parameters())
         self.limited = [(named[name], epochs * steps_per_epoch)
@@ -75,6 +91,7 @@ class EpochAwareSGD(torch.optim.SGD):
         self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
         self.steps = 0
         self.ema: dict[str, torch.Tensor] | None = None
+        self.clippers = list(clippers)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -95,7 +112,14 @@ class EpochAwareSGD(torch.optim.SGD):
                     self._pull(1.0 - rho)
             if self.ema is not None and self.steps % self.steps_per_epoch == 0:
                 self._pull(0.0)  # an epoch's end: the model becomes the EMA
+        for clipper in self.clippers:
+            clipper.after_step(self.steps)
         return loss
+
+    def finish(self) -> None:
+        """The end of training: every clipped layer at its target."""
+        for clipper in self.clippers:
+            clipper.finish()
 
     def _float_state(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.model.state_dict().items() if v.is_floating_point()}
@@ -107,7 +131,8 @@ class EpochAwareSGD(torch.optim.SGD):
             value.copy_(self.ema[name])
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "epoch_aware": {"steps": self.steps, "ema": self.ema}}
+        return {**super().state_dict(), "epoch_aware": {
+            "steps": self.steps, "ema": self.ema, "clip": [c.state_dict() for c in self.clippers]}}
 
     def load_state_dict(self, state_dict: dict) -> None:
         mine = state_dict["epoch_aware"]
@@ -116,6 +141,12 @@ class EpochAwareSGD(torch.optim.SGD):
         float_state = self._float_state()
         self.ema = (None if mine["ema"] is None else
                     {k: v.to(float_state[k].device).clone() for k, v in mine["ema"].items()})
+        saved_clip = mine.get("clip", [])
+        if len(saved_clip) != len(self.clippers):
+            raise ValueError(f"the saved state has {len(saved_clip)} clipped models, this "
+                             f"optimizer {len(self.clippers)}")
+        for clipper, saved in zip(self.clippers, saved_clip):
+            clipper.load_state_dict(saved)
 
 
 def triangle(step: int, total: int, warmup: float, start: float, end: float) -> float:
@@ -199,38 +230,67 @@ def fit(model: torch.nn.Module, batches: Iterable, *, epochs: int,
             if not math.isfinite(mean_loss):
                 log.warning("%s: loss became %s in epoch %d", desc, mean_loss, epoch + 1)
             log.debug("%s epoch %d/%d loss %.4f", desc, epoch + 1, epochs, mean_loss)
+        if isinstance(optimizer, EpochAwareSGD) and optimizer.clippers:
+            optimizer.finish()  # the last clip moves the weights under the BN statistics:
+            recompute_batch_norm(model, batches, dtype)
         if checkpoint is not None:
             checkpoint.finish(epochs, model, optimizer, scheduler)
     bar.close()
     return model.eval()
 
 
-def train_from_scratch(model: torch.nn.Module, batches, recipe, *, desc: str = "train",
-                       whiten_samples: int = 5000,
-                       checkpoint: TrainCheckpoint | None = None) -> torch.nn.Module:
-    """Train a freshly built model with a recipe (a `conf/train` node): SGD (Nesterov, BN-bias lr
-    scale; the lookahead EMA and the model's `epoch_limits()` through `EpochAwareSGD`), the
-    recipe's schedule, label smoothing, precision, and `torch.compile` when asked.
+@torch.no_grad()
+def recompute_batch_norm(model: torch.nn.Module, batches: Iterable,
+                         dtype: torch.dtype | None = None) -> None:
+    """Re-estimate every BatchNorm's running statistics as the plain average over one pass of
+    `batches` in train mode (no weight changes); nothing to do without BatchNorm."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    device = next(model.parameters()).device
+    for x, _, _ in batches:
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            model(x)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
 
-    A model with `init_from_data(images)` (airbench's whitening layer) first gets `whiten_samples`
-    training images, evenly spaced through the set so every class is there even when it is sorted.
-    The compiled module is only used to train; `model` itself holds the weights afterwards.
-    `checkpoint` makes the training resumable (see `fit`).
+
+def train_from_scratch(model: torch.nn.Module, batches, recipe, *, desc: str = "train",
+                       whiten_samples: int = 5000, checkpoint: TrainCheckpoint | None = None,
+                       loss_fn: LossFn | None = None) -> torch.nn.Module:
+    """Train a freshly built model with a recipe (a `conf/train` node): SGD (Nesterov, BN-bias lr
+    scale; the lookahead EMA, the `epoch_limits()` of the model's parts and FastClip through
+    `EpochAwareSGD`), the recipe's schedule, label smoothing, precision, and `torch.compile` when
+    asked. `loss_fn` replaces the recipe's label-smoothed cross-entropy (an ensemble's joint loss).
+
+    A part with `init_from_data(images)` (airbench's whitening layer; each member of an ensemble)
+    first gets `whiten_samples` training images, evenly spaced through the set so every class is
+    there even when it is sorted. The compiled module is only used to train; `model` itself holds
+    the weights afterwards. `checkpoint` makes the training resumable (see `fit`).
     """
-    if hasattr(model, "init_from_data"):
-        n = len(batches.x)
-        pick = torch.linspace(0, n - 1, min(n, whiten_samples), device=batches.x.device).long()
-        model.init_from_data(to_float(batches.x[pick]))
-    limits = model.epoch_limits() if hasattr(model, "epoch_limits") else {}
+    limits = {}
+    for prefix, part in model.named_modules():
+        if hasattr(part, "init_from_data"):
+            n = len(batches.x)
+            pick = torch.linspace(0, n - 1, min(n, whiten_samples), device=batches.x.device).long()
+            part.init_from_data(to_float(batches.x[pick]))
+        if hasattr(part, "epoch_limits"):
+            limits.update({f"{prefix}.{name}" if prefix else name: epochs
+                           for name, epochs in part.epoch_limits().items()})
     lookahead = None if recipe.lookahead is None else dict(recipe.lookahead)
-    epoch_aware = ({} if not limits and lookahead is None else
-                   dict(steps_per_epoch=len(batches), total_steps=recipe.epochs * len(batches),
-                        epoch_limits=limits, lookahead=lookahead))
     opt = sgd(model, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
-              nesterov=recipe.nesterov, bias_lr_scale=recipe.bias_lr_scale, **epoch_aware)
+              nesterov=recipe.nesterov, bias_lr_scale=recipe.bias_lr_scale,
+              steps_per_epoch=len(batches), total_steps=recipe.epochs * len(batches),
+              epoch_limits=limits, lookahead=lookahead)
     sched = make_scheduler(opt, epochs=recipe.epochs, steps_per_epoch=len(batches),
                            **recipe.schedule)
-    loss_fn = functools.partial(F.cross_entropy, label_smoothing=recipe.label_smoothing)
+    if loss_fn is None:
+        loss_fn = functools.partial(F.cross_entropy, label_smoothing=recipe.label_smoothing)
     runnable = torch.compile(model) if recipe.compile else model
     fit(runnable, batches, epochs=recipe.epochs, optimizer=opt, scheduler=sched, loss_fn=loss_fn,
         precision=recipe.precision, desc=desc, checkpoint=checkpoint)
@@ -242,7 +302,8 @@ def finetune(model: torch.nn.Module, batches: Iterable, *, epochs: int, lr: floa
              loss_fn: LossFn = F.cross_entropy, grad_hook: GradHook | None = None,
              precision: str = "fp32", desc: str = "unlearn") -> torch.nn.Module:
     """The unlearning papers' fine-tuning: SGD with momentum, step decay every `decay_every` epochs."""
-    opt = sgd(model, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    opt = sgd(model, lr=lr, momentum=momentum, weight_decay=weight_decay,
+              steps_per_epoch=len(batches), total_steps=epochs * len(batches))
     sched = make_scheduler(opt, name="step", epochs=epochs, step_size=decay_every, gamma=decay_gamma)
     return fit(model, batches, epochs=epochs, optimizer=opt, scheduler=sched, loss_fn=loss_fn,
                grad_hook=grad_hook, precision=precision, desc=desc)

@@ -19,7 +19,7 @@ from data.loader import Augment, Batches
 from data.splits import index_digest
 from runner.cache import Cache, code_fingerprint, key_of, load_model, save_model
 from runner.checkpoint import TrainCheckpoint
-from runner.config import ConfigError, build_model
+from runner.config import CLIP_KEYS, ConfigError, build_model
 from runner.train import train_from_scratch
 
 log = logging.getLogger("runner")
@@ -98,6 +98,8 @@ def model_spec(cfg: DictConfig, ds: datasets.Dataset, train_idx: np.ndarray, *,
     recipe["schedule"] = {k: schedule[k] for k in ("name", *own.get(schedule["name"], ()))}
     model = OmegaConf.to_container(cfg.model, resolve=True)
     model.pop("tta", None)  # test-time augmentation changes no weight: one cached model serves all
+    if model.get("clip") is None:  # how a clipping would run matters only when there is one
+        model = {k: v for k, v in model.items() if k not in CLIP_KEYS}
     spec = {
         "dataset": {"name": ds.name, "fingerprint": ds.fingerprint,
                     "augment": OmegaConf.to_container(cfg.dataset.augment)},
@@ -123,27 +125,33 @@ def new_model(cfg: DictConfig, device: torch.device, seed: int) -> torch.nn.Modu
 
 
 def fit_new_model(cfg: DictConfig, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                  seed: int, desc: str, checkpoint: TrainCheckpoint | None = None) -> torch.nn.Module:
+                  seed: int, desc: str, checkpoint: TrainCheckpoint | None = None,
+                  loss_fn=None) -> torch.nn.Module:
     """Train `new_model(...)` on images x (uint8, on its device) with the run's recipe and the
-    dataset's augmentation, batches shuffled from `seed`; resumable with `checkpoint`."""
+    dataset's augmentation, batches shuffled from `seed`; resumable with `checkpoint`; `loss_fn`
+    replaces the recipe's loss (see train_from_scratch)."""
     recipe = cfg.train
     batches = Batches(x, y, batch_size=recipe.batch_size, shuffle=True, seed=seed,
                       augment=Augment(**cfg.dataset.augment), channels_last=recipe.channels_last)
-    return train_from_scratch(model, batches, recipe, desc=desc, checkpoint=checkpoint)
+    return train_from_scratch(model, batches, recipe, desc=desc, checkpoint=checkpoint,
+                              loss_fn=loss_fn)
 
 
 def train_or_load(cfg: DictConfig, cache: Cache, kind: str, ds: datasets.Dataset,
                   train_idx: np.ndarray, device: torch.device, state: RunState, *,
                   seed: int | None = None, population: bool = False,
-                  desc: str | None = None) -> torch.nn.Module:
+                  desc: str | None = None, model: torch.nn.Module | None = None,
+                  extra_spec: dict | None = None, loss_fn=None) -> torch.nn.Module:
     """A model trained from scratch on `train_idx` with the run's recipe, via the cache. With
     `population`, train_idx indexes train + test (a reference model); `seed` replaces cfg.seed.
     Its training saves checkpoints in the cache (`cfg.checkpoint`), so a killed job's rerun
-    resumes it."""
+    resumes it. `model` (default: `new_model`), `extra_spec` (added to its cache key) and
+    `loss_fn` train something else, such as an ensemble, the same way."""
     train_idx = np.sort(train_idx)  # the key is order-free, so the training order must be too
     seed = cfg.seed if seed is None else seed
-    model = new_model(cfg, device, seed)
-    spec = model_spec(cfg, ds, train_idx, seed=seed, population=population)
+    model = new_model(cfg, device, seed) if model is None else model
+    spec = {**model_spec(cfg, ds, train_idx, seed=seed, population=population),
+            **(extra_spec or {})}
     key = key_of(spec)
 
     def write(directory: Path) -> None:
@@ -152,7 +160,8 @@ def train_or_load(cfg: DictConfig, cache: Cache, kind: str, ds: datasets.Dataset
         partial = cache.partial_dir(kind, key)
         checkpoint = (TrainCheckpoint(partial / "train.ckpt", cfg.checkpoint.every_s,
                                       tag=f"{kind}/{key}") if partial else None)
-        fit_new_model(cfg, model, x[idx], y[idx], seed, desc=desc or kind, checkpoint=checkpoint)
+        fit_new_model(cfg, model, x[idx], y[idx], seed, desc=desc or kind, checkpoint=checkpoint,
+                      loss_fn=loss_fn)
         save_model(directory, model)
 
     path, _, hit = cache.get_or_build(kind, spec, write)

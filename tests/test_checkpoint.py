@@ -16,6 +16,7 @@ from data.loader import Augment, Batches
 from runner.cache import Cache
 from runner.checkpoint import Preempted, TrainCheckpoint
 from runner.config import ConfigError, validate
+from models.fastclip import ClipSpec, attach
 from runner.train import fit, make_scheduler, sgd
 
 EPOCHS = 3
@@ -35,18 +36,21 @@ LOOKAHEAD = dict(start_epochs=1, decay_base=0.95, decay_pow=3.0, every_n_steps=5
 def _setup(schedule="triangle"):
     """A fresh model, batch stream, optimizer and schedule, all seeded: every call makes the same
     training run. Dropout draws from the global RNG, augmentation from the stream's. Schedule
-    `lookahead`: the triangle with airbench's EMA and a parameter trained for 2 epochs only."""
+    `lookahead`: the triangle with airbench's EMA and a parameter trained for 2 epochs only;
+    `clip`: the triangle with FastClip every 7 steps (its PowerQR state is in the checkpoint)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
                           nn.Dropout(0.2), nn.Flatten(), nn.Linear(8 * 64, 10))
     batches = Batches(X, Y, batch_size=64, shuffle=True, seed=3,
                       augment=Augment(crop_pad=1, flip=True))
-    epoch_aware = {} if schedule != "lookahead" else dict(
-        steps_per_epoch=len(batches), total_steps=EPOCHS * len(batches),
-        epoch_limits={"5.bias": 2}, lookahead=LOOKAHEAD)
+    if schedule == "clip":
+        attach(model, ClipSpec(target=1.0, every=7), X[:1].float())
+    epoch_aware = {} if schedule != "lookahead" else dict(epoch_limits={"5.bias": 2},
+                                                          lookahead=LOOKAHEAD)
+    epoch_aware.update(steps_per_epoch=len(batches), total_steps=EPOCHS * len(batches))
     opt = sgd(model, lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True, **epoch_aware)
     sched = make_scheduler(opt, epochs=EPOCHS, steps_per_epoch=len(batches),
-                           **SCHEDULES["triangle" if schedule == "lookahead" else schedule])
+                           **SCHEDULES["triangle" if schedule in ("lookahead", "clip") else schedule])
     return model, batches, opt, sched
 
 
@@ -79,14 +83,14 @@ def _stop_at(step):
 @pytest.fixture(scope="module")
 def uninterrupted():
     runs = {("fp32", "triangle"): _train(), ("bf16", "triangle"): _train(precision="bf16")}
-    runs.update({("fp32", s): _train(schedule=s) for s in ("step", "cosine", "lookahead")})
+    runs.update({("fp32", s): _train(schedule=s) for s in ("step", "cosine", "lookahead", "clip")})
     return {key: model for key, model in runs.items()}
 
 
 @pytest.mark.parametrize("stop", [17, 29, 30, 70])  # 29 steps per epoch: mid-epoch, boundaries
 @pytest.mark.parametrize("precision, schedule", [("fp32", "triangle"), ("bf16", "triangle"),
                                                  ("fp32", "step"), ("fp32", "cosine"),
-                                                 ("fp32", "lookahead")])
+                                                 ("fp32", "lookahead"), ("fp32", "clip")])
 def test_a_stopped_training_resumes_to_the_uninterrupted_model(tmp_path, uninterrupted, stop,
                                                                 precision, schedule):
     path = tmp_path / "train.ckpt"

@@ -1,11 +1,16 @@
 """FastClip (models/fastclip.py): PowerQR against the singular values of the layer's explicit
 matrix, built column by column on a small input; clipping to a target."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
-from models.fastclip import PowerQR, clip_layer, linear_part, spectral_norms
+from models.fastclip import PowerQR, clip_layer, clippers_of, linear_part, spectral_norms
+from runner.config import ConfigError, build_model, validate
+from runner.train import finetune
+from runner.trained import load_dataset, fit_new_model, new_model
 
 
 def explicit_singular_values(layer: nn.Module, input_shape) -> torch.Tensor:
@@ -93,3 +98,101 @@ def test_spectral_norms_reports_every_layer_on_its_input_shape():
                                        abs=1e-3)
     assert norms["4"] == pytest.approx(float(torch.linalg.svdvals(model[4].weight.detach())[0]),
                                        abs=1e-3)
+
+
+# A ResNet-18 at width 4 on the digits: every conv and linear layer clipped to 1 during training.
+CLIPPED = ["model=resnet18", "model.clip=1.0", "logger=none", "train=tiny",
+           "device=cpu"]
+
+
+def _within_target(model, example, target=1.0):
+    """Every layer's fresh PowerQR estimate: conv layers at the target (they are pushed up),
+    linear layers at or below it; both to 0.05."""
+    norms = spectral_norms(model, example)
+    convs = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    bad = {n: s for n, s in norms.items()
+           if s > target + 0.05 or (n in convs and s < target - 0.05)}
+    return norms, bad
+
+
+def _accuracy(model, x, y):
+    with torch.no_grad():
+        return float((model(x.float() / 255).argmax(1) == y).float().mean())
+
+
+@pytest.mark.parametrize("batch_norm, width, epochs, lr, clip_every, least_acc", [
+    (False, 8, 10, 0.2, 1, 0.5),   # without BN a layer drifts far in 100 steps: clip every step
+    (True, 4, 6, 0.1, None, 0.4),  # the BN statistics are re-estimated after the final clip
+])
+def test_a_clipped_model_trains_with_every_layer_at_its_target(make_cfg, batch_norm, width, epochs,
+                                                               lr, clip_every, least_acc):
+    cfg = make_cfg(*CLIPPED, f"model.batch_norm={batch_norm}", f"model.width={width}",
+                   f"model.clip_every={clip_every or 'null'}", f"train.epochs={epochs}", f"train.lr={lr}")
+    validate(cfg)
+    ds = load_dataset(cfg)
+    model = new_model(cfg, torch.device("cpu"), 1)
+    assert model.fastclip.every == (clip_every or 50)  # the paper's 50 steps with batch norm
+    fit_new_model(cfg, model, ds.train_x, ds.train_y, seed=1, desc="clipped")
+    norms, bad = _within_target(model, ds.test_x[:1].float() / 255)
+    assert len(norms) == 21 and not bad, bad  # 20 convs (3 projections) and the fc layer
+    assert _accuracy(model, ds.test_x, ds.test_y) > least_acc  # chance: 0.1
+
+
+def test_clipping_stays_with_the_model_through_deepcopy_and_finetuning(make_cfg):
+    """An unlearning method fine-tunes a deepcopy of the clipped original: it stays clipped. A
+    frozen copy (SCRUB's teacher) is never clipped by an optimizer."""
+    cfg = make_cfg(*CLIPPED, "model.batch_norm=false", "model.width=4")
+    ds = load_dataset(cfg)
+    original = new_model(cfg, torch.device("cpu"), 1)
+    model = copy.deepcopy(original)
+    layers = dict(model.named_modules())
+    assert all(state.layer is layers[name] for name, state in model.fastclip.states.items())
+    from data.loader import Augment, Batches
+    batches = Batches(ds.train_x, ds.train_y, batch_size=128, shuffle=True, seed=0,
+                      augment=Augment(crop_pad=0, flip=False))
+    finetune(model, batches, epochs=1, lr=0.5, momentum=0.9, weight_decay=0.0, decay_every=1,
+             decay_gamma=0.1)
+    example = ds.test_x[:1].float() / 255
+    assert not _within_target(model, example)[1]
+    teacher = copy.deepcopy(model).requires_grad_(False)
+    assert clippers_of(nn.ModuleList([model, teacher])) == [model.fastclip]
+    unclipped = new_model(make_cfg("model=resnet18", "model.width=4"), torch.device("cpu"), 1)
+    assert not hasattr(unclipped, "fastclip")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.clip=-1", "target spectral norm must be > 0"),
+    ("model.clip_every=0", "clip_every must be null or >= 1"),
+    ("model.clip_steps=0", "clip_steps and init_iterations must be >= 1"),
+])
+def test_bad_clipping_options_fail_validation(make_cfg, override, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(make_cfg("model=resnet18", "model.clip=1.0", override))
+
+
+def test_clipping_options_enter_the_cache_key_only_when_clipping(make_cfg):
+    from runner.trained import model_spec
+
+    cfg = make_cfg("model=resnet18")
+    ds = load_dataset(cfg)
+    idx = torch.arange(10).numpy()
+    plain = model_spec(cfg, ds, idx)
+    assert model_spec(make_cfg("model=resnet18", "model.clip_every=7"), ds, idx) == plain
+    assert model_spec(make_cfg("model=resnet18", "model.clip=1.0"), ds, idx) != plain
+    assert build_model(cfg.model, cfg.dataset).state_dict().keys() == build_model(
+        make_cfg("model=resnet18", "model.clip=1.0").model, cfg.dataset).state_dict().keys()
+
+
+def test_the_amun_lipschitz_experiment_runs_end_to_end(make_cfg, tmp_path):
+    """experiment=amun_lipschitz at toy size on the digits: clipped ResNets without BN for the
+    original, the oracle and RMIA's reference models, AMUN's attack and fine-tuning, RMIA's AUCs."""
+    from runner.__main__ import execute
+
+    cfg = make_cfg("experiment=amun_lipschitz", "dataset=digits", "method=amun", "model.width=4",
+                   "train=tiny", "train.epochs=2", "reference.num_models=2", "method.epochs=1",
+                   "logger=none", "device=cpu")
+    assert cfg.model.clip == 1.0 and not cfg.model.batch_norm and not cfg.model.normalize
+    result = execute(cfg, tmp_path / "run")
+    assert result["status"] == "ok" and result["method"] == "amun"
+    for role in ("unlearned", "retrain", "original"):
+        assert {"test_acc", "rmia_ft_auc", "rmia_fr_auc"} <= set(result["metrics"][role])

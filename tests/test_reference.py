@@ -53,7 +53,7 @@ def test_runs_without_rmia_train_no_reference_model(make_cfg, tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("reference.num_models=3", "even integer"),
     ("reference.index=2", r"reference.index must be null or in \[0, 1\]"),
-    ("stage=train", "stage must be unlearn or reference"),
+    ("stage=train", "stage must be unlearn, reference or ensemble"),
 ])
 def test_bad_reference_settings_fail_before_training(make_cfg, tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):

@@ -1,0 +1,110 @@
+"""`stage=ensemble`: `ensemble.members` models of the run's architecture trained jointly on the
+training set (with LOTOS when `ensemble.lotos_weight` > 0; models/ensemble.py), cached like any
+model trained from scratch, then evaluated:
+
+- clean test accuracy of each member and of the ensemble (mean of the members' logits);
+- robust accuracy under white-box PGD (`ensemble.attack`, LOTOS's L_inf 0.04, 50 steps) of each
+  member and of the ensemble, on `attack.n` test images drawn with a fixed seed;
+- the transferability rate of every ordered pair (source s, target t), as the thesis defines it:
+  among those images that s and t both classify correctly and whose PGD example on s fools s,
+  the fraction whose example also fools t;
+- every member's layer-wise spectral norms, when the members are clipped.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from attacks.pgd import pgd
+from data.loader import to_float
+from models.ensemble import Ensemble, Mean, ensemble_loss
+from models.fastclip import spectral_norms
+from runner.cache import Cache
+from runner.evaluate import predict
+from runner.trained import (RunState, eval_batch_size, load_dataset, new_model, resolve_device,
+                            train_or_load)
+
+ATTACK_SEED = 0  # draws the attacked test images
+
+
+def transfer_rate(correct_s: torch.Tensor, correct_t: torch.Tensor, fooled_s: torch.Tensor,
+                  fooled_t: torch.Tensor) -> float:
+    """The transferability rate from s to t (boolean tensors over the attacked images; `fooled_*`
+    on s's adversarial examples); NaN when no image qualifies."""
+    eligible = correct_s & correct_t & fooled_s
+    if not bool(eligible.any()):
+        return float("nan")
+    return float(fooled_t[eligible].float().mean())
+
+
+def build(cfg: DictConfig, device: torch.device) -> Ensemble:
+    """The untrained ensemble: member i initialized from seed 1000 x seed + i."""
+    return Ensemble([new_model(cfg, device, 1000 * cfg.seed + i)
+                     for i in range(cfg.ensemble.members)])
+
+
+def evaluate(ensemble: Ensemble, x_u8: torch.Tensor, y: torch.Tensor, attack: DictConfig,
+             batch_size: int) -> dict:
+    """Accuracies, robust accuracies and transferability rates (module doc), in percent."""
+    members = list(ensemble.members)
+    whole = Mean(ensemble).eval()
+    metrics = {"member_acc": [_acc(predict(m, x_u8, batch_size), y) for m in members],
+               "ensemble_acc": _acc(predict(whole, x_u8, batch_size), y)}
+    gen = torch.Generator().manual_seed(ATTACK_SEED)
+    pick = torch.randperm(len(y), generator=gen)[:attack.n].to(y.device)
+    x, y = to_float(x_u8[pick]), y[pick]
+    options = dict(norm=attack.norm, eps=attack.eps, steps=attack.steps,
+                   step_ratio=attack.step_ratio, batch_size=batch_size)
+
+    def right(model, images):
+        return predict(model, images, batch_size).argmax(1) == y
+
+    clean = [right(m, x) for m in members]
+    adversarial = [pgd(m, x, y, **options) for m in members]
+    # fooled[s][t]: member t misclassifies member s's adversarial example
+    fooled = [[~right(t, adv) for t in members] for adv in adversarial]
+    metrics["member_robust_acc"] = [100 * float((~fooled[i][i]).float().mean())
+                                    for i in range(len(members))]
+    metrics["ensemble_robust_acc"] = 100 * float(right(whole, pgd(whole, x, y, **options))
+                                                 .float().mean())
+    transfer = {f"{s}->{t}": 100 * transfer_rate(clean[s], clean[t], fooled[s][s], fooled[s][t])
+                for s, t in itertools.permutations(range(len(members)), 2)}
+    metrics["transfer_rate"] = transfer
+    metrics["transfer_rate_mean"] = float(np.nanmean(list(transfer.values())))
+    metrics["n_attacked"] = int(len(y))
+    return metrics
+
+
+def _acc(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return 100 * float((logits.argmax(1) == y).float().mean())
+
+
+def run_ensemble(cfg: DictConfig, run_dir: Path) -> dict:
+    """Train (or load) the ensemble and evaluate it (module doc)."""
+    state = RunState()
+    device = resolve_device(cfg.device)
+    cache = Cache(cfg.paths.cache_dir)
+    e = cfg.ensemble
+    with state.stage("data"):
+        ds = load_dataset(cfg).to(device)
+    with state.stage("ensemble"):
+        ensemble = build(cfg, device)
+        loss = ensemble_loss(ensemble, label_smoothing=cfg.train.label_smoothing,
+                             lotos_weight=e.lotos_weight, mal=e.lotos_mal)
+        spec = {"ensemble": {"members": e.members, "lotos_weight": e.lotos_weight,
+                             "lotos_mal": e.lotos_mal if e.lotos_weight else None}}
+        ensemble = train_or_load(cfg, cache, "ensemble", ds, np.arange(len(ds.train_y)), device,
+                                 state, model=ensemble, extra_spec=spec, loss_fn=loss)
+    with state.stage("evaluate"):
+        metrics = evaluate(ensemble, ds.test_x, ds.test_y, e.attack, eval_batch_size(cfg, device))
+        if cfg.model.get("clip") is not None:
+            example = to_float(ds.test_x[:1])
+            metrics["spectral_norms"] = [spectral_norms(m, example) for m in ensemble.members]
+    return {"stage": "ensemble", "dataset": cfg.dataset.name, "seed": cfg.seed,
+            "ensemble": metrics, "cache_keys": state.cache_keys, "cache_hits": state.cache_hits,
+            "stage_seconds": state.stage_seconds, "device": str(device)}
