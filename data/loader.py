@@ -103,6 +103,11 @@ class Batches:
             yield x, y_all[idx], self.sign
 
 
+    def images(self, which: slice) -> torch.Tensor:
+        """Images `which` of the stream's set as float model inputs: unaugmented, in order."""
+        x = to_float(self.x[which])
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
     def _augment(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         out = random_crop(x, self.augment.crop_pad, self.gen, self.augment.pad_mode)
         if self.augment.flip:

@@ -116,7 +116,8 @@ def clip_layer(state: PowerQR, target: float, *, steps: int = 5, push_up: float 
     goal = target * u
     with torch.no_grad():
         for _ in range(steps):
-            residual = linear_part(state.layer, v) - goal
+            if (linear_part(state.layer, v) - goal).norm() < 1e-6:
+                break
             with torch.enable_grad():
                 weight = w.detach().requires_grad_(True)
                 loss = (linear_part(state.layer, v, weight) - goal).pow(2).sum()
@@ -127,8 +128,6 @@ def clip_layer(state: PowerQR, target: float, *, steps: int = 5, push_up: float 
             if denom <= 0:
                 break
             w -= (grad.pow(2).sum() / denom) * grad
-            if residual.norm() < 1e-6:
-                break
     state.run(max(iterations, 1))
     return before, float(state.top()[0])
 
@@ -187,6 +186,17 @@ class ClipSpec:
     init_iterations: int = 100    # PowerQR iterations before the first step (the paper)
 
     def __post_init__(self):
+        for name in ("target", "push_up"):
+            value = getattr(self, name)
+            if (isinstance(value, bool) or not isinstance(value, (int, float))) and not (
+                    name == "push_up" and value is None):
+                raise ValueError(f"clip{'_' + name if name != 'target' else ''} must be a "
+                                 f"number, got {value!r}")
+        for name in ("every", "steps", "init_iterations"):
+            value = getattr(self, name)
+            if (isinstance(value, bool) or not isinstance(value, int)) and not (
+                    name == "every" and value is None):
+                raise ValueError(f"clip_{name} must be an integer, got {value!r}")
         if not self.target > 0:
             raise ValueError(f"clip: the target spectral norm must be > 0, got {self.target}")
         if self.every is not None and self.every < 1:
@@ -207,8 +217,9 @@ class Clipper:
         has_bn = any(isinstance(m, nn.modules.batchnorm._NormBase) for m in model.modules())
         self.spec, self.every, self.has_bn = spec, spec.every or (50 if has_bn else 100), has_bn
         # k = 1: the top singular vector, what clipping and LOTOS (its k = 1) use.
-        self.states = {name: PowerQR(layer, shapes[name])
-                       for name, layer in model.named_modules() if isinstance(layer, AFFINE)}
+        # Frozen layers (airbench's whitening conv) are the data's, not the training's: left alone.
+        self.states = {name: PowerQR(layer, shapes[name]) for name, layer in model.named_modules()
+                       if isinstance(layer, AFFINE) and layer.weight.requires_grad}
 
     def trainable(self) -> bool:
         """False for a frozen copy (SCRUB's teacher): an optimizer never clips it."""
@@ -230,29 +241,51 @@ class Clipper:
             self._clip(s, iterations=1)
 
     def finish(self) -> None:
-        """The end of a training: clip every layer until it is at its target. Each round checks
-        the layer from a fresh random start (`FINAL_ITERATIONS` PowerQR iterations): the warm
-        start sits on the direction just clipped, and a next singular value above the target
-        has (nearly) no component along it, so the warm start can miss it."""
+        """The end of a training: every layer at its target (see `_finish_layer`). Then the
+        PowerQR state is dropped, so the next training of this model (an unlearning fine-tune)
+        starts the same way whether the model was trained in this process or loaded from the
+        cache: `init_iterations` from the seeded start, and a clip."""
         gen = torch.Generator().manual_seed(1)
-        before = {}
+        before, rescaled = {}, []
         for name, s in self.states.items():
-            pushed = self.spec.push_up is not None and isinstance(s.layer, nn.Conv2d)
-            for _ in range(FINAL_ROUNDS):
-                probe = PowerQR(s.layer, s.input_shape, k=s.k)
-                sigma = float(probe.run(FINAL_ITERATIONS, gen)[0])
-                before.setdefault(name, sigma)
-                s.x = probe.x
-                if sigma <= self.spec.target + FINAL_TOLERANCE and (
-                        not pushed or sigma >= self.spec.target - FINAL_TOLERANCE):
-                    break
-                self._clip(s, iterations=0)
+            before[name], fell_back = self._finish_layer(s, gen)
+            if fell_back:
+                rescaled.append(name)
+            s.x = None
         worst = max(before, key=before.get)
         if not self.has_bn and before[worst] > DRIFT_WARNING * self.spec.target:
             log.warning("FastClip: at the end of training %s had spectral norm %.3g against a "
                         "target of %g; the final clip changes the model that much. Clip more "
                         "often (model.clip_every, now %d steps).", worst, before[worst],
                         self.spec.target, self.every)
+        if rescaled:
+            log.warning("FastClip: %d layers (%s) still missed the target after %d final clips; "
+                        "they were rescaled onto it", len(rescaled), ", ".join(rescaled),
+                        FINAL_ROUNDS)
+
+    def _finish_layer(self, s: PowerQR, gen: torch.Generator) -> tuple[float, bool]:
+        """Clip until a check from a fresh random start (`FINAL_ITERATIONS` PowerQR iterations;
+        the warm start sits on the direction just clipped, and a next singular value above the
+        target has next to no component along it) finds the layer within FINAL_TOLERANCE of the
+        target: at or below it, and for a conv layer that is pushed up, at or above it too. A
+        layer still outside after FINAL_ROUNDS clips (many singular values above the target, each
+        clip lowers one) is rescaled onto the target. Returns the first sigma and whether the
+        layer was rescaled."""
+        target, tol = self.spec.target, FINAL_TOLERANCE
+        pushed = self.spec.push_up is not None and isinstance(s.layer, nn.Conv2d)
+        first = None
+        for _ in range(FINAL_ROUNDS + 1):
+            probe = PowerQR(s.layer, s.input_shape, k=s.k)
+            sigma = float(probe.run(FINAL_ITERATIONS, gen)[0])
+            first = sigma if first is None else first
+            s.x = probe.x
+            if sigma <= target + tol and (not pushed or sigma >= target - tol):
+                return first, False
+            clip_layer(s, target, steps=self.spec.steps, push_up=tol if pushed else None,
+                       iterations=0)
+        with torch.no_grad():
+            s.layer.weight.mul_(target / sigma)
+        return first, True
 
     def _clip(self, state: PowerQR, iterations: int) -> tuple[float, float]:
         return clip_layer(state, self.spec.target, steps=self.spec.steps,

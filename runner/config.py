@@ -239,6 +239,9 @@ def validate(cfg: DictConfig) -> None:
     if train.bias_lr_scale <= 0:
         raise ConfigError(f"train.bias_lr_scale must be > 0, got {train.bias_lr_scale}")
     la = train.lookahead
+    if la is not None and cfg.model.get("clip") is not None:
+        raise ConfigError("model.clip with train.lookahead: the lookahead's average of the "
+                          "weights would undo the clipping; set train.lookahead=null")
     if la is not None and not (la.start_epochs >= 0 and 0 < la.decay_base < 1
                                and la.decay_pow >= 0 and la.every_n_steps >= 1):
         raise ConfigError("train.lookahead needs start_epochs >= 0, 0 < decay_base < 1, "
@@ -320,15 +323,22 @@ def _check_model(cfg: DictConfig) -> None:
 
 def _check_ensemble(cfg: DictConfig) -> None:
     e = cfg.ensemble
+    a = e.attack
     if isinstance(e.members, bool) or not isinstance(e.members, int) or e.members < 2:
         raise ConfigError(f"ensemble.members must be an integer >= 2, got {e.members!r}")
+    numbers = {"lotos_weight": e.lotos_weight, "lotos_mal": e.lotos_mal, "attack.eps": a.eps,
+               "attack.step_ratio": a.step_ratio}
+    integers = {"attack.steps": a.steps, "attack.n": a.n}
+    for name, value in [*numbers.items(), *integers.items()]:
+        kind, what = ((int, float), "a number") if name in numbers else (int, "an integer")
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise ConfigError(f"ensemble.{name} must be {what}, got {value!r}")
     if not (e.lotos_weight >= 0 and e.lotos_mal >= 0):
         raise ConfigError(f"ensemble.lotos_weight and lotos_mal must be >= 0, got "
                           f"{e.lotos_weight} and {e.lotos_mal}")
     if e.lotos_weight and cfg.model.get("clip") is None:
         raise ConfigError("ensemble.lotos_weight > 0: LOTOS works on the singular vectors FastClip "
                           "keeps, so it needs clipped members (model.clip=1.0, say)")
-    a = e.attack
     if a.norm not in ("l2", "linf") or not a.eps > 0 or not a.step_ratio > 0 or a.steps < 1 \
             or a.n < 1:
         raise ConfigError(f"ensemble.attack needs norm l2 or linf, eps > 0, step_ratio > 0, "

@@ -14,6 +14,7 @@ model trained from scratch, then evaluated:
 from __future__ import annotations
 
 import itertools
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,8 @@ from runner.evaluate import predict
 from runner.trained import (RunState, eval_batch_size, load_dataset, new_model, resolve_device,
                             train_or_load)
 
+log = logging.getLogger("runner")
+
 ATTACK_SEED = 0  # draws the attacked test images
 
 
@@ -42,10 +45,14 @@ def transfer_rate(correct_s: torch.Tensor, correct_t: torch.Tensor, fooled_s: to
     return float(fooled_t[eligible].float().mean())
 
 
+def member_seeds(cfg: DictConfig) -> list[int]:
+    """Member i is initialized from seed 1000 x seed + i."""
+    return [1000 * cfg.seed + i for i in range(cfg.ensemble.members)]
+
+
 def build(cfg: DictConfig, device: torch.device) -> Ensemble:
-    """The untrained ensemble: member i initialized from seed 1000 x seed + i."""
-    return Ensemble([new_model(cfg, device, 1000 * cfg.seed + i)
-                     for i in range(cfg.ensemble.members)])
+    """The untrained ensemble (`member_seeds`)."""
+    return Ensemble([new_model(cfg, device, seed) for seed in member_seeds(cfg)])
 
 
 def evaluate(ensemble: Ensemble, x_u8: torch.Tensor, y: torch.Tensor, attack: DictConfig,
@@ -55,6 +62,9 @@ def evaluate(ensemble: Ensemble, x_u8: torch.Tensor, y: torch.Tensor, attack: Di
     whole = Mean(ensemble).eval()
     metrics = {"member_acc": [_acc(predict(m, x_u8, batch_size), y) for m in members],
                "ensemble_acc": _acc(predict(whole, x_u8, batch_size), y)}
+    if attack.n > len(y):
+        log.warning("ensemble.attack.n=%d: the test set has %d images; attacking all of them",
+                    attack.n, len(y))
     gen = torch.Generator().manual_seed(ATTACK_SEED)
     pick = torch.randperm(len(y), generator=gen)[:attack.n].to(y.device)
     x, y = to_float(x_u8[pick]), y[pick]
@@ -96,7 +106,8 @@ def run_ensemble(cfg: DictConfig, run_dir: Path) -> dict:
         ensemble = build(cfg, device)
         loss = ensemble_loss(ensemble, label_smoothing=cfg.train.label_smoothing,
                              lotos_weight=e.lotos_weight, mal=e.lotos_mal)
-        spec = {"ensemble": {"members": e.members, "lotos_weight": e.lotos_weight,
+        spec = {"ensemble": {"members": e.members, "member_seeds": member_seeds(cfg),
+                             "lotos_weight": e.lotos_weight,
                              "lotos_mal": e.lotos_mal if e.lotos_weight else None}}
         ensemble = train_or_load(cfg, cache, "ensemble", ds, np.arange(len(ds.train_y)), device,
                                  state, model=ensemble, extra_spec=spec, loss_fn=loss)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from data.loader import to_float
+from data.loader import Batches, to_float
 from models.fastclip import Clipper, clippers_of
 from runner.checkpoint import TrainCheckpoint
 
@@ -242,18 +242,27 @@ def fit(model: torch.nn.Module, batches: Iterable, *, epochs: int,
 @torch.no_grad()
 def recompute_batch_norm(model: torch.nn.Module, batches: Iterable,
                          dtype: torch.dtype | None = None) -> None:
-    """Re-estimate every BatchNorm's running statistics as the plain average over one pass of
-    `batches` in train mode (no weight changes); nothing to do without BatchNorm."""
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    """Re-estimate the running statistics of every BatchNorm that trains (a frozen teacher's stay)
+    as the plain average over one pass, with no weight changes. A `Batches` stream gives its
+    images in order, unaugmented (so a run resumed at the very end gets the same statistics);
+    any other stream is iterated as it is."""
+    model.train()
+    norms = [m for m in model.modules()
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
     if not norms:
         return
     momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative average
-    model.train()
     device = next(model.parameters()).device
-    for x, _, _ in batches:
+    if isinstance(batches, Batches):
+        size, n = batches.batch_size, len(batches.x)
+        # a trailing batch of one cannot pass batch norm in train mode
+        images = (batches.images(slice(i, i + size)) for i in range(0, n, size) if n - i > 1)
+    else:
+        images = (x for x, _, _ in batches)
+    for x in images:
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             model(x)
     for m, momentum in zip(norms, momenta):

@@ -118,8 +118,8 @@ def test_stage_ensemble_trains_caches_and_reports_a_lotos_ensemble(make_cfg, tmp
     assert e["n_attacked"] == 40 and all(0 <= a <= 100 for a in e["member_acc"])
     # every member's every layer at its target after training (conv at 1, fc at most 1)
     for norms in e["spectral_norms"]:
-        assert len(norms) == 21 and max(norms.values()) <= 1.05
-        assert min(v for k, v in norms.items() if k != "fc") >= 0.95
+        assert len(norms) == 21 and max(norms.values()) <= 1.02
+        assert min(v for k, v in norms.items() if k != "fc") >= 0.98
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["ensemble"]["ensemble_acc"] == e["ensemble_acc"]
     again = execute(cfg, tmp_path / "again")
@@ -135,6 +135,8 @@ def test_stage_ensemble_trains_caches_and_reports_a_lotos_ensemble(make_cfg, tmp
     (["ensemble.lotos_weight=0.05", "model.clip=null"], "needs clipped members"),
     (["ensemble.attack.norm=l1"], "ensemble.attack needs norm l2 or linf"),
     (["ensemble.attack.eps=0"], "ensemble.attack needs"),
+    (["ensemble.lotos_weight=abc"], "ensemble.lotos_weight must be a number"),
+    (["ensemble.attack.steps=2.5"], "ensemble.attack.steps must be an integer"),
     (["stage=ensembles"], "stage must be unlearn, reference or ensemble"),
 ])
 def test_bad_ensemble_settings_fail_validation(make_cfg, overrides, message):
