@@ -8,7 +8,8 @@ model trained from scratch, then evaluated:
 - the transferability rate of every ordered pair (source s, target t), as the thesis defines it:
   among those images that s and t both classify correctly and whose PGD example on s fools s,
   the fraction whose example also fools t;
-- every member's layer-wise spectral norms, when the members are clipped.
+- with clipped members: every member's layer-wise spectral norms, and how much each member's
+  layers stretch the other members' top directions (`alignment`, what LOTOS lowers).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from omegaconf import DictConfig
 
 from attacks.pgd import pgd
 from data.loader import to_float
-from models.ensemble import Ensemble, Mean, ensemble_loss
-from models.fastclip import spectral_norms
+from models.ensemble import Ensemble, Mean, ensemble_loss, lotos_penalty
+from models.fastclip import linear_part, spectral_norms
 from runner.cache import Cache
 from runner.evaluate import predict
 from runner.trained import (RunState, eval_batch_size, load_dataset, new_model, resolve_device,
@@ -90,6 +91,31 @@ def evaluate(ensemble: Ensemble, x_u8: torch.Tensor, y: torch.Tensor, attack: Di
     return metrics
 
 
+def alignment(ensemble: Ensemble, mal: float, iterations: int = 100) -> dict:
+    """How much each member's layers stretch the other members' top directions, what LOTOS
+    pushes down: the mean over ordered pairs (m, m') and layers of ||A_m v_m'|| (v_m' the unit
+    top right singular vector of m''s layer, `iterations` PowerQR steps from a seeded start), and
+    LOTOS's penalty at `mal`. Needs clipped members; their PowerQR state is left as it was."""
+    members = list(ensemble.members)
+    states = [m.fastclip.states for m in members]
+    saved = [{name: s.x for name, s in st.items()} for st in states]
+    gen = torch.Generator().manual_seed(ATTACK_SEED)
+    for st in states:
+        for s in st.values():
+            s.x = None
+            s.run(iterations, gen)
+    with torch.no_grad():
+        stretch = [float(linear_part(states[i][name].layer, states[j][name].x).norm()
+                         / states[j][name].x.norm())
+                   for i, j in itertools.permutations(range(len(members)), 2)
+                   for name in states[i]]
+        penalty = float(lotos_penalty(members, mal))
+    for st, xs in zip(states, saved):
+        for name, s in st.items():
+            s.x = xs[name]
+    return {"cross_stretch_mean": float(np.mean(stretch)), "lotos_penalty": penalty}
+
+
 def _acc(logits: torch.Tensor, y: torch.Tensor) -> float:
     return 100 * float((logits.argmax(1) == y).float().mean())
 
@@ -116,6 +142,7 @@ def run_ensemble(cfg: DictConfig, run_dir: Path) -> dict:
         if cfg.model.get("clip") is not None:
             example = to_float(ds.test_x[:1])
             metrics["spectral_norms"] = [spectral_norms(m, example) for m in ensemble.members]
+            metrics.update(alignment(ensemble, e.lotos_mal))
     return {"stage": "ensemble", "dataset": cfg.dataset.name, "seed": cfg.seed,
             "ensemble": metrics, "cache_keys": state.cache_keys, "cache_hits": state.cache_hits,
             "stage_seconds": state.stage_seconds, "device": str(device)}

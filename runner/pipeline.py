@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from data.loader import Augment
 from data.splits import Split, make_split
 from methods.common import UnlearnData
+from models.fastclip import spectral_norms
 from runner import adversarial
 from runner.cache import Cache, state_digest
 from runner.config import ConfigError, instantiate_partial
@@ -141,6 +142,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         extra["reference"] = refs.stats
     if shadows.used:
         extra["shadows"] = shadows.stats
+    if cfg.model.get("clip") is not None:  # FastClip: that every model is at its target
+        example = ds.test_x[:1].float() / 255
+        extra["spectral_norms"] = {role: spectral_norms(m, example) for role, m in
+                                   (("unlearned", model), ("retrain", oracle), ("original", original))}
     last = reports[-1]
     return {
         "method": cfg.method.name, "use_retain": cfg.method.use_retain, "dataset": cfg.dataset.name,

@@ -13,7 +13,7 @@ from models.ensemble import Ensemble, Mean, ensemble_loss, lotos_penalty, lotos_
 from models.fastclip import ClipSpec, attach
 from runner.__main__ import execute
 from runner.config import ConfigError, validate
-from runner.ensemble import transfer_rate
+from runner.ensemble import alignment, transfer_rate
 
 
 def _linear(weight):
@@ -60,6 +60,17 @@ def test_lotos_penalty_over_a_hand_made_pair_of_models():
         assert float(lotos_penalty(aligned, mal=0.8)) == pytest.approx(2 * 1.2, abs=1e-4)
     with pytest.raises(ValueError, match="needs clipped members"):
         lotos_penalty([nn.Sequential(_linear([[1.0]])), nn.Sequential(_linear([[1.0]]))], 0.8)
+
+
+def test_alignment_measures_how_much_members_stretch_each_others_top_directions():
+    """Model 1 stretches e1 by 2, model 2 stretches e2 by 3: each maps the other's top direction
+    to 0. Two copies of one model: each stretches the other's top direction by its sigma, 2."""
+    orthogonal = alignment(Ensemble(_clipped_pair([[2.0, 0.0], [0.0, 0.0]],
+                                                  [[0.0, 0.0], [0.0, 3.0]])), mal=0.8)
+    assert orthogonal == pytest.approx({"cross_stretch_mean": 0.0, "lotos_penalty": 0.0}, abs=1e-5)
+    same = alignment(Ensemble(_clipped_pair([[2.0, 0.0], [0.0, 0.0]],
+                                            [[2.0, 0.0], [0.0, 0.0]])), mal=0.8)
+    assert same == pytest.approx({"cross_stretch_mean": 2.0, "lotos_penalty": 2.4}, abs=1e-4)
 
 
 def test_the_joint_loss_is_the_sum_of_the_members_losses_plus_the_weighted_penalty():
@@ -120,6 +131,7 @@ def test_stage_ensemble_trains_caches_and_reports_a_lotos_ensemble(make_cfg, tmp
     for norms in e["spectral_norms"]:
         assert len(norms) == 21 and max(norms.values()) <= 1.02
         assert min(v for k, v in norms.items() if k != "fc") >= 0.98
+    assert 0 < e["cross_stretch_mean"] <= 1.02 and e["lotos_penalty"] >= 0
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["ensemble"]["ensemble_acc"] == e["ensemble_acc"]
     again = execute(cfg, tmp_path / "again")

@@ -258,3 +258,6 @@ def test_the_amun_lipschitz_experiment_runs_end_to_end(make_cfg, tmp_path):
     assert result["status"] == "ok" and result["method"] == "amun"
     for role in ("unlearned", "retrain", "original"):
         assert {"test_acc", "rmia_ft_auc", "rmia_fr_auc"} <= set(result["metrics"][role])
+        norms = result["spectral_norms"][role]  # AMUN's fine-tuning kept the model clipped
+        assert len(norms) == 21 and max(norms.values()) <= 1.02
+        assert min(v for k, v in norms.items() if k != "fc") >= 0.98
