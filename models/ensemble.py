@@ -51,12 +51,16 @@ class Mean(nn.Module):
         return self.ensemble(x).mean(0)
 
 
-def lotos_term(layer: nn.Module, v: torch.Tensor, mal: float) -> torch.Tensor:
-    """sum over the rows v_i of v of ReLU(||A v_i|| / ||v_i|| - mal), A the layer's linear part;
-    differentiable in the layer's weights, not in v."""
+def stretches(layer: nn.Module, v: torch.Tensor) -> torch.Tensor:
+    """||A v_i|| / ||v_i|| for the rows v_i of v, A the layer's linear part; differentiable in the
+    layer's weights, not in v."""
     v = v.detach()
-    stretch = linear_part(layer, v).flatten(1).norm(dim=1) / v.flatten(1).norm(dim=1)
-    return F.relu(stretch - mal).sum()
+    return linear_part(layer, v).flatten(1).norm(dim=1) / v.flatten(1).norm(dim=1)
+
+
+def lotos_term(layer: nn.Module, v: torch.Tensor, mal: float) -> torch.Tensor:
+    """sum over the rows v_i of v of ReLU(||A v_i|| / ||v_i|| - mal) (see `stretches`)."""
+    return F.relu(stretches(layer, v) - mal).sum()
 
 
 def lotos_penalty(members: Sequence[nn.Module], mal: float) -> torch.Tensor:

@@ -24,8 +24,8 @@ from omegaconf import DictConfig
 
 from attacks.pgd import pgd
 from data.loader import to_float
-from models.ensemble import Ensemble, Mean, ensemble_loss, lotos_penalty
-from models.fastclip import linear_part, spectral_norms
+from models.ensemble import Ensemble, Mean, ensemble_loss, lotos_penalty, stretches
+from models.fastclip import spectral_norms
 from runner.cache import Cache
 from runner.evaluate import predict
 from runner.trained import (RunState, eval_batch_size, load_dataset, new_model, resolve_device,
@@ -61,21 +61,22 @@ def evaluate(ensemble: Ensemble, x_u8: torch.Tensor, y: torch.Tensor, attack: Di
     """Accuracies, robust accuracies and transferability rates (module doc), in percent."""
     members = list(ensemble.members)
     whole = Mean(ensemble).eval()
-    metrics = {"member_acc": [_acc(predict(m, x_u8, batch_size), y) for m in members],
-               "ensemble_acc": _acc(predict(whole, x_u8, batch_size), y)}
+    logits = [predict(m, x_u8, batch_size) for m in members]
+    metrics = {"member_acc": [_acc(out, y) for out in logits],
+               "ensemble_acc": _acc(torch.stack(logits).mean(0), y)}  # what `whole` predicts
     if attack.n > len(y):
         log.warning("ensemble.attack.n=%d: the test set has %d images; attacking all of them",
                     attack.n, len(y))
     gen = torch.Generator().manual_seed(ATTACK_SEED)
     pick = torch.randperm(len(y), generator=gen)[:attack.n].to(y.device)
     x, y = to_float(x_u8[pick]), y[pick]
+    clean = [out[pick].argmax(1) == y for out in logits]
     options = dict(norm=attack.norm, eps=attack.eps, steps=attack.steps,
                    step_ratio=attack.step_ratio, batch_size=batch_size)
 
     def right(model, images):
         return predict(model, images, batch_size).argmax(1) == y
 
-    clean = [right(m, x) for m in members]
     adversarial = [pgd(m, x, y, **options) for m in members]
     # fooled[s][t]: member t misclassifies member s's adversarial example
     fooled = [[~right(t, adv) for t in members] for adv in adversarial]
@@ -105,8 +106,7 @@ def alignment(ensemble: Ensemble, mal: float, iterations: int = 100) -> dict:
             s.x = None
             s.run(iterations, gen)
     with torch.no_grad():
-        stretch = [float(linear_part(states[i][name].layer, states[j][name].x).norm()
-                         / states[j][name].x.norm())
+        stretch = [float(stretches(states[i][name].layer, states[j][name].x).sum())
                    for i, j in itertools.permutations(range(len(members)), 2)
                    for name in states[i]]
         penalty = float(lotos_penalty(members, mal))

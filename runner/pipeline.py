@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from data.loader import Augment
+from data.loader import Augment, to_float
 from data.splits import Split, make_split
 from methods.common import UnlearnData
 from models.fastclip import spectral_norms
@@ -143,7 +143,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     if shadows.used:
         extra["shadows"] = shadows.stats
     if cfg.model.get("clip") is not None:  # FastClip: that every model is at its target
-        example = ds.test_x[:1].float() / 255
+        example = to_float(ds.test_x[:1])
         extra["spectral_norms"] = {role: spectral_norms(m, example) for role, m in
                                    (("unlearned", model), ("retrain", oracle), ("original", original))}
     last = reports[-1]
