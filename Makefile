@@ -5,7 +5,7 @@ STAMP   := .venv/.installed
 SWEEP   ?= $(shell ls -td outputs/demo outputs/multirun/*/*/ 2>/dev/null | head -1)
 
 .PHONY: help setup demo table-demo table-amun-cifar10 table-amun-lipschitz table-offline table-trw \
-        table-lotos table-lotos-offline bench bench-gpu test test-slow clean
+        table-lotos table-lotos-offline table-regimes table-regimes-class tune bench bench-gpu test test-slow clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -55,6 +55,40 @@ table-offline: setup  ## AMUN comparison on digits + CIFAR-10 JPEG subset, 3 see
 	      method.use_retain=false $(ARGS) && \
 	  $(PY) -m runner.report outputs/compare/$$ds || exit 1; \
 	done
+
+# The AMUN code's tuning of every method (experiment=tune): lr x decay period on DATASET, with D_R,
+# on a seed the tables do not report, Avg. Gap with RMIA's FT AUC; the picks go to
+# conf/method_dataset/<method>_<DATASET>.yaml. TUNE_LRS / TUNE_DECAYS narrow the grid on a CPU.
+TUNE_METHODS ?= ft,rl,ga,bs,l1_sparse,salun,amun,amun_salun
+TUNE_LRS     ?= 0.1,0.05,0.01,0.005,1e-3,1e-4,1e-5
+TUNE_DECAYS  ?= 1,5,10
+TUNE_SEED    ?= 2
+tune: setup  ## tune every method's lr x decay on DATASET=<option>, write conf/method_dataset/
+	@test -n "$(DATASET)" || { echo "give DATASET=<a conf/dataset option>"; exit 1; }
+	$(PY) -m runner -m experiment=tune dataset=$(DATASET) eval=rmia logger=none \
+	    seed=$(TUNE_SEED) method=$(TUNE_METHODS) method.lr=$(TUNE_LRS) \
+	    method.decay_every=$(TUNE_DECAYS) $(ARGS)
+	$(PY) -m runner.tune outputs/tune/$(DATASET) --write
+
+# The AMUN comparison in the two CPU regimes (docs/results/regimes.md): paper-like (Fashion-MNIST,
+# the original fits its training set, a 5-15 point forget-test gap) and large-gap (the CIFAR-10
+# JPEG subset, memorized, a 50 point gap); eval=rmia with 8 reference models, 3 seeds, with and
+# without D_R (REGIMES=<one of them> for one). Hours on a 2-core CPU. table-regimes-class: the
+# class-unlearning comparison in the paper-like regime.
+REGIMES ?= fashion_mnist_paperlike cifar10_jpeg_largegap
+table-regimes: setup  ## the AMUN comparison in both CPU regimes, 3 seeds, RMIA (hours)
+	for ds in $(REGIMES); do \
+	  $(PY) -m runner -m experiment=compare dataset=$$ds eval=rmia logger=none \
+	      method=$(WITH_DR) $(ARGS) && \
+	  $(PY) -m runner -m experiment=compare dataset=$$ds eval=rmia logger=none \
+	      method=$(WITHOUT_DR) method.use_retain=false $(ARGS) && \
+	  $(PY) -m runner.report outputs/compare/$$ds --columns $(REGIME_COLUMNS) || exit 1; \
+	done
+table-regimes-class: setup  ## class unlearning (TRW, MIA-NN, U-LiRA) in the paper-like regime
+	$(PY) -m runner -m experiment=trw_table dataset=fashion_mnist_paperlike logger=none \
+	    method=$(CLASS_METHODS) $(ARGS)
+	$(PY) -m runner.report outputs/trw_table/fashion_mnist_paperlike --columns $(CLASS_COLUMNS)
+REGIME_COLUMNS := forget_acc,retain_acc,test_acc,mia_efficacy,rmia_ft_auc,avg_gap
 
 # Class unlearning (TRW paper's comparison), forget class 1, 3 seeds, on the offline data.
 CLASS_METHODS := retrain,ft,rl,ga,bs,be,l1_sparse,salun,scrub,trw

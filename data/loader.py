@@ -54,6 +54,12 @@ def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
+def augment_batch(x: torch.Tensor, augment: Augment, gen: torch.Generator) -> torch.Tensor:
+    """A float batch randomly cropped and flipped as `augment` says, drawing from `gen`."""
+    out = random_crop(x, augment.crop_pad, gen, augment.pad_mode)
+    return random_flip(out, gen) if augment.flip else out
+
+
 class Batches:
     """Re-iterable stream of `(x, y, sign)` batches over device-resident images (uint8, or float
     in [0, 1] for adversarial examples).
@@ -109,9 +115,7 @@ class Batches:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def _augment(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        out = random_crop(x, self.augment.crop_pad, self.gen, self.augment.pad_mode)
-        if self.augment.flip:
-            out = random_flip(out, self.gen)
+        out = augment_batch(x, self.augment, self.gen)
         if self.augment_mask is None:
             return out
         return torch.where(self.augment_mask[idx][:, None, None, None], out, x)

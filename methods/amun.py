@@ -9,7 +9,8 @@ Fine-tune the original model with cross-entropy on the shuffled union of
 So with D_R: D_R + D_F + D_A (or D_R + D_A with adv_only); without: D_F + D_A (or D_A alone).
 Train augmentation (crop, flip) applies to D_R and D_F, never to D_A: a shifted adversarial
 example is no longer the point the attack found. `salun_ratio` (AMUN+SalUn) multiplies the
-gradients by SalUn's saliency mask of that ratio; null turns it off.
+gradients by SalUn's saliency mask of that ratio (methods.salun, accumulated as
+`salun_accumulation` says: batch_mean in the AMUN code); null turns it off.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ import torch
 
 from data.loader import to_float
 from methods.common import UnlearnData
-from methods.salun import mask_hook, saliency_mask
+from methods.salun import Accumulation, data_mask, mask_hook
 from runner.train import finetune
 
 
 def unlearn(model: torch.nn.Module, data: UnlearnData, *, adv_only: bool, salun_ratio: float | None,
-            epochs: int, lr: float, momentum: float, weight_decay: float, batch_size: int,
+            salun_accumulation: Accumulation, epochs: int, lr: float, momentum: float,
+            weight_decay: float, batch_size: int,
             decay_every: int, decay_gamma: float) -> torch.nn.Module:
     if data.adversarial is None:
         raise ValueError("amun needs the adversarial set; the runner builds it for methods that "
@@ -40,8 +42,8 @@ def unlearn(model: torch.nn.Module, data: UnlearnData, *, adv_only: bool, salun_
     augment_mask = torch.arange(len(y), device=y.device) < len(y) - len(adv_y)
     hook = None
     if salun_ratio is not None:
-        hook = mask_hook(saliency_mask(model, data.forget_x, data.forget_y, ratio=salun_ratio,
-                                       batch_size=batch_size))
+        hook = mask_hook(data_mask(model, data, ratio=salun_ratio, batch_size=batch_size,
+                                   accumulation=salun_accumulation))
     return finetune(model, data.stream(x, y, batch_size, augment_mask=augment_mask),
                     epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
                     decay_every=decay_every, decay_gamma=decay_gamma, grad_hook=hook,

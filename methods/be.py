@@ -7,8 +7,9 @@ the shadow output is then removed, leaving the real classes' rows as they were t
 
 Choices where the paper is silent or our protocol differs:
 - the shadow row starts as PyTorch's default Linear initialization of a fresh row (bias included);
-- with use_retain, each epoch is the pass over D_F followed by one descent pass on D_R, as GA and
-  BS do here; the original BE uses D_F only (use_retain: false).
+- with use_retain, each epoch adds one descent pass over D_R (`retain_pass`, methods.common: before
+  the pass over D_F in the AMUN code, as for GA and BS); the original BE uses D_F only
+  (use_retain: false).
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from data.loader import Concat
-from methods.common import UnlearnData
+from methods.common import RetainPass, UnlearnData, with_retain_pass
 from runner.train import finetune
 
 
@@ -46,12 +46,11 @@ def _prune(fc: nn.Linear) -> nn.Linear:
 
 def unlearn(model: torch.nn.Module, data: UnlearnData, *, epochs: int, lr: float, momentum: float,
             weight_decay: float, batch_size: int, decay_every: int,
-            decay_gamma: float) -> torch.nn.Module:
+            decay_gamma: float, retain_pass: RetainPass) -> torch.nn.Module:
     model.fc = _expand(model.fc)
     shadow = torch.full_like(data.forget_y, data.num_classes)
-    stream = data.stream(data.forget_x, shadow, batch_size)
-    if data.retain_x is not None:
-        stream = Concat(stream, data.stream(data.retain_x, data.retain_y, batch_size, salt=1))
+    stream = with_retain_pass(data, data.stream(data.forget_x, shadow, batch_size), batch_size,
+                              retain_pass)
     model = finetune(model, stream, epochs=epochs, lr=lr, momentum=momentum,
                      weight_decay=weight_decay, decay_every=decay_every, decay_gamma=decay_gamma,
                      precision=data.precision, desc="be")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable, Literal
 
 import numpy as np
 import torch
 
-from data.loader import Augment, Batches, Relabel
+from data.loader import Augment, Batches, Concat, Relabel
+
+RetainPass = Literal["before", "after"]
 
 
 @dataclass
@@ -69,3 +71,18 @@ def random_label_stream(data: UnlearnData, batch_size: int) -> Batches:
         is_forget = torch.cat([torch.zeros(len(data.retain_y), dtype=torch.bool, device=y.device),
                                is_forget])
     return data.stream(x, y, batch_size, relabel=random_wrong_labels(data.num_classes, is_forget))
+
+
+def with_retain_pass(data: UnlearnData, forget: Iterable, batch_size: int,
+                     retain_pass: RetainPass) -> Iterable:
+    """An epoch of `forget` plus, when the run gives D_R, one descent pass over D_R: `before` the
+    forget pass (the AMUN code's GA, BS and BE: every epoch ends on the forget update) or `after`
+    it (every epoch ends on the repair). Without D_R, `forget` alone."""
+    if data.retain_x is None:
+        return forget
+    retain = data.stream(data.retain_x, data.retain_y, batch_size, salt=1)
+    if retain_pass == "before":
+        return Concat(retain, forget)
+    if retain_pass == "after":
+        return Concat(forget, retain)
+    raise ValueError(f"retain_pass must be before or after, got {retain_pass!r}")

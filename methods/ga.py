@@ -1,22 +1,22 @@
-"""GA, gradient ascent (Thudi et al., 2022): ascend the cross-entropy on D_F. With D_R, each epoch
-is an ascent pass on D_F followed by one descent pass on D_R (the AMUN paper's protocol); without
-it (`use_retain: false`), ascent alone."""
+"""GA, gradient ascent (Thudi et al., 2022): ascend the cross-entropy on D_F. Without D_R
+(`use_retain: false`), ascent alone. With D_R, each epoch adds one descent pass over D_R:
+`retain_pass: before` (the AMUN code's protocol, the default) runs it before the ascent pass, so
+every epoch ends on the forget update; `after` runs it after, so every epoch ends on the repair.
+The AMUN code iterates D_R in a fixed order (its retain loader does not shuffle); ours reshuffles
+it every epoch, like every other stream here."""
 
 from __future__ import annotations
 
 import torch
 
-from data.loader import Concat
-from methods.common import UnlearnData
+from methods.common import RetainPass, UnlearnData, with_retain_pass
 from runner.train import finetune
 
 
 def unlearn(model: torch.nn.Module, data: UnlearnData, *, epochs: int, lr: float, momentum: float,
-            weight_decay: float, batch_size: int, decay_every: int,
-            decay_gamma: float) -> torch.nn.Module:
-    stream = data.stream(data.forget_x, data.forget_y, batch_size, sign=-1.0)
-    if data.retain_x is not None:
-        stream = Concat(stream, data.stream(data.retain_x, data.retain_y, batch_size, salt=1))
-    return finetune(model, stream, epochs=epochs, lr=lr, momentum=momentum,
-                    weight_decay=weight_decay, decay_every=decay_every, decay_gamma=decay_gamma,
-                    precision=data.precision, desc="ga")
+            weight_decay: float, batch_size: int, decay_every: int, decay_gamma: float,
+            retain_pass: RetainPass) -> torch.nn.Module:
+    ascent = data.stream(data.forget_x, data.forget_y, batch_size, sign=-1.0)
+    return finetune(model, with_retain_pass(data, ascent, batch_size, retain_pass), epochs=epochs,
+                    lr=lr, momentum=momentum, weight_decay=weight_decay, decay_every=decay_every,
+                    decay_gamma=decay_gamma, precision=data.precision, desc="ga")

@@ -10,7 +10,8 @@ For a forget-class sample with original probabilities p:
 where w_c are the rows of the final linear layer `fc`, centred and projected on their top
 `pca_dim` principal components. The model is fine-tuned with cross-entropy towards q on the forget
 class (the same gradients as KL(q || model), whose entropy term is constant) plus cross-entropy on
-D_R each epoch (one pass over each, as GA does here).
+D_R each epoch (the forget pass, then one pass over D_R: `methods.common.with_retain_pass`
+"after", so each epoch ends on the repair; our choice).
 
 The paper's code is unpublished; choices (config values, defaults in conf/method/trw.yaml):
 - `pca_dim`: components kept before the cosine (null: num_classes - 1; the centred rows span at
@@ -25,8 +26,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from data.loader import Concat, to_float
-from methods.common import UnlearnData
+from data.loader import to_float
+from methods.common import UnlearnData, with_retain_pass
 from runner.train import finetune
 
 
@@ -75,9 +76,8 @@ def unlearn(model: torch.nn.Module, data: UnlearnData, *, beta: float, pca_dim: 
         probs = torch.cat([torch.softmax(model(to_float(data.forget_x[i:i + batch_size])).float(), 1)
                            for i in range(0, len(data.forget_x), batch_size)])
     target = tilted_target(probs, f, similarity, beta)
-    stream = data.stream(data.forget_x, target, batch_size)  # soft labels: cross_entropy takes them
-    if data.retain_x is not None:
-        stream = Concat(stream, data.stream(data.retain_x, data.retain_y, batch_size, salt=1))
+    forget = data.stream(data.forget_x, target, batch_size)  # soft labels: cross_entropy takes them
+    stream = with_retain_pass(data, forget, batch_size, "after")
     return finetune(model, stream, epochs=epochs, lr=lr, momentum=momentum,
                     weight_decay=weight_decay, decay_every=decay_every, decay_gamma=decay_gamma,
                     precision=data.precision, desc="trw")

@@ -12,7 +12,7 @@ import functools
 import importlib
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Literal, Optional, get_args, get_origin
 
 import torch
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
@@ -159,6 +159,9 @@ def check_partial(node: DictConfig, where: str, n_positional: int) -> Callable:
         expected = hints.get(k)
         if expected in (int, float, bool, str) and not _fits(v, expected):
             raise ConfigError(f"{where}.{k} must be {expected.__name__}, got {v!r}")
+        if get_origin(expected) is Literal and v not in get_args(expected):
+            raise ConfigError(f"{where}.{k} must be one of {', '.join(get_args(expected))}, "
+                              f"got {v!r}")
     if len([p for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]) != n_positional:
         raise ConfigError(f"{where}: {node._target_} must take {n_positional} positional arguments")
     return fn

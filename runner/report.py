@@ -30,7 +30,8 @@ COLUMNS = ("forget_acc", "retain_acc", "test_acc", "mia_efficacy", "avg_gap")
 # stage=ensemble runs (runner/ensemble.py): lists (one value per member) enter as their mean.
 ENSEMBLE_COLUMNS = ("member_acc", "ensemble_acc", "member_robust_acc", "ensemble_robust_acc",
                     "transfer_rate_mean")
-METHOD_ORDER = ("original", "retrain", "ft", "rl", "ga", "bs", "l1_sparse", "salun", "amun", "amun_salun", "amun_a")
+METHOD_ORDER = ("original", "retrain", "ft", "rl", "ga", "bs", "be", "l1_sparse", "salun", "scrub",
+                "amun", "amun_salun", "amun_a", "trw")
 
 
 def load_results(root: Path) -> list[dict]:
@@ -209,6 +210,42 @@ def make_table(results: list[dict], columns=COLUMNS) -> list[list[str]]:
     return rows
 
 
+def regime(results: list[dict]) -> list[str]:
+    """What the regime of a sweep is like, per dataset and forget spec, from its finished runs:
+    the original's accuracy on D_R, D_F and the test set and its forget-minus-test gap, the oracle's
+    forget and test accuracy (and RMIA FT AUC, with eval=rmia), and the seconds it took to train
+    an original or an oracle (runs that trained it, not cache hits). Mean ± std over seeds."""
+    by_cell: dict[tuple, dict[tuple, dict]] = defaultdict(dict)
+    for r in results:
+        if r.get("status") != "ok" or "metrics" not in r or "original" not in r["metrics"]:
+            continue
+        seeds = (r["config"].get("seed"), r["config"].get("forget", {}).get("seed"))
+        by_cell[_row_key(r)[:2]].setdefault(seeds, r)  # one run per seed: the models are shared
+    seconds: dict[tuple, list[float]] = defaultdict(list)
+    for r in results:
+        for stage in ("original", "retrain"):
+            if r.get("cache_hits", {}).get(stage) is False and stage in r.get("stage_seconds", {}):
+                seconds[_row_key(r)[:2]].append(r["stage_seconds"][stage])
+    lines = []
+    for cell, runs in sorted(by_cell.items()):
+        o = [r["metrics"]["original"] for r in runs.values()]
+        t = [r["metrics"]["retrain"] for r in runs.values()]
+        parts = [f"original: retain {_cell([m['retain_acc'] for m in o])}, "
+                 f"forget {_cell([m['forget_acc'] for m in o])}, "
+                 f"test {_cell([m['test_acc'] for m in o])}, "
+                 f"forget - test {_cell([m['forget_acc'] - m['test_acc'] for m in o])}",
+                 f"oracle: forget {_cell([m['forget_acc'] for m in t])}, "
+                 f"test {_cell([m['test_acc'] for m in t])}, "
+                 f"forget - test {_cell([m['forget_acc'] - m['test_acc'] for m in t])}"]
+        if all("rmia_ft_auc" in m for m in t):
+            parts[-1] += f", RMIA FT AUC {_cell([m['rmia_ft_auc'] for m in t])}"
+        if seconds[cell]:
+            parts.append(f"{_cell(seconds[cell])} s to train a model "
+                         f"({len(seconds[cell])} trained)")
+        lines.append(f"- {cell[0]}, forget {cell[1]}, {len(runs)} seed(s): " + "; ".join(parts))
+    return lines
+
+
 def to_markdown(rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
@@ -237,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     problems = [f"- {line}" for line in not_finished(results)]
     problems += [f"- never started: {job}" for job in never_started(args.sweep_dir)]
     markdown = to_markdown(rows)
+    regime_lines = [] if ensembles else regime(results)
+    if regime_lines:
+        markdown += "\nThe regime (accuracies in %):\n\n" + "\n".join(regime_lines) + "\n"
     if problems:
         markdown += "\nRuns without a result:\n\n" + "\n".join(problems) + "\n"
     out = args.out or args.sweep_dir

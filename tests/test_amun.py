@@ -28,7 +28,7 @@ def test_amun_variants_train_on_the_adversarial_set(use_retain, adv_only, salun_
     data, original = _data(use_retain), _model()
     hp = {**HP, "epochs": 10, "lr": 0.5, "decay_every": 10}
     out = amun.unlearn(copy.deepcopy(original), data, adv_only=adv_only, salun_ratio=salun_ratio,
-                       **hp)
+                       salun_accumulation="batch_mean", **hp)
     assert any(not torch.equal(p, q) for p, q in zip(out.parameters(), original.parameters()))
     if not use_retain:  # D_A is a third or half of what it trains on: its labels must be fit
         adv_x, adv_y = data.adversarial
@@ -40,7 +40,8 @@ def test_amun_variants_train_on_the_adversarial_set(use_retain, adv_only, salun_
 
 def test_amun_without_an_adversarial_set_says_so():
     with pytest.raises(ValueError, match="needs the adversarial set"):
-        amun.unlearn(_model(), _data(adversarial=False), adv_only=False, salun_ratio=None, **HP)
+        amun.unlearn(_model(), _data(adversarial=False), adv_only=False, salun_ratio=None,
+                    salun_accumulation="batch_mean", **HP)
 
 
 def test_adversarial_set_is_built_once_and_reported(make_cfg, tmp_path):
@@ -67,7 +68,8 @@ def test_an_empty_adversarial_set_says_so():
     data = _data()
     data.adversarial = (data.adversarial[0][:0], data.adversarial[1][:0])
     with pytest.raises(ValueError, match="D_A is empty"):
-        amun.unlearn(_model(), data, adv_only=False, salun_ratio=None, **HP)
+        amun.unlearn(_model(), data, adv_only=False, salun_ratio=None,
+                    salun_accumulation="batch_mean", **HP)
 
 
 @pytest.mark.parametrize("override,message", [

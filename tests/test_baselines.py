@@ -1,4 +1,5 @@
-"""BS, l1-sparse and SalUn: the pieces each paper defines, checked against independent computations."""
+"""BS, l1-sparse, SalUn (and GA and BE's pass order): the pieces each paper defines, checked against
+independent computations, and the AMUN code's behaviour pinned where our variant differs."""
 
 import copy
 import logging
@@ -8,13 +9,20 @@ import torch
 import torch.nn.functional as F
 
 from data.loader import Augment, to_float
-from methods import bs, ft, l1_sparse, salun
+from methods import be, bs, ft, ga, l1_sparse, salun
 from methods.common import random_label_stream
 from runner.config import ConfigError, validate
 
 from tiny import HP, linear_model, tiny_data
 
-EXTRA = {bs: dict(bound=0.1), l1_sparse: dict(alpha=5e-4), salun: dict(ratio=0.5)}
+EXTRA = {bs: dict(bound=0.1, labels="epoch_copy", retain_pass="before"),
+         l1_sparse: dict(alpha=5e-4, alpha_schedule="compounding"),
+         salun: dict(ratio=0.5, mask_accumulation="batch_mean"),
+         ga: dict(retain_pass="before"), be: dict(retain_pass="before")}
+# Our variants, kept as named options (each YAML's default is the AMUN code's behaviour).
+OURS = {bs: dict(labels="original", retain_pass="after"), l1_sparse: dict(alpha_schedule="linear"),
+        salun: dict(mask_accumulation="exact"), ga: dict(retain_pass="after"),
+        be: dict(retain_pass="after")}
 _data, _linear = tiny_data, linear_model
 
 
@@ -30,9 +38,11 @@ def _changed(a, b):
 
 @pytest.mark.parametrize("method,use_retain", [(bs, True), (bs, False), (l1_sparse, True),
                                                (salun, True), (salun, False)])
-def test_method_changes_the_model_and_returns_it_in_eval_mode(method, use_retain):
+@pytest.mark.parametrize("variant", ["official", "ours"])
+def test_method_changes_the_model_and_returns_it_in_eval_mode(method, use_retain, variant):
     original = _bn_mlp()
-    out = method.unlearn(copy.deepcopy(original).train(), _data(use_retain), **HP, **EXTRA[method])
+    extra = {**EXTRA[method], **(OURS[method] if variant == "ours" else {})}
+    out = method.unlearn(copy.deepcopy(original).train(), _data(use_retain), **HP, **extra)
     assert _changed(out, original)
     assert not out.training
 
@@ -41,7 +51,7 @@ def test_l1_sparse_needs_the_retain_set(make_cfg):
     assert l1_sparse.unlearn.needs_retain
     assert not hasattr(bs.unlearn, "needs_retain") and not hasattr(salun.unlearn, "needs_retain")
     with pytest.raises(ValueError, match="l1_sparse needs the retain set"):
-        l1_sparse.unlearn(_linear(), _data(use_retain=False), **HP, alpha=5e-4)
+        l1_sparse.unlearn(_linear(), _data(use_retain=False), **HP, **EXTRA[l1_sparse])
     with pytest.raises(ConfigError, match="needs the retain set"):
         validate(make_cfg("method=l1_sparse", "method.use_retain=false"))
     for name in ("bs", "salun"):
@@ -117,7 +127,7 @@ def test_salun_moves_masked_out_weights_only_by_weight_decay(use_retain, weight_
     mask = salun.saliency_mask(original, data.forget_x, data.forget_y, ratio=0.3,
                                batch_size=HP["batch_size"])
     steps = len(random_label_stream(data, HP["batch_size"]))
-    out = salun.unlearn(copy.deepcopy(original), data, **hp, ratio=0.3)
+    out = salun.unlearn(copy.deepcopy(original), data, **hp, ratio=0.3, mask_accumulation="exact")
     params = dict(original.named_parameters())
     for n, p in out.named_parameters():
         frozen, p0 = ~mask[n], params[n].detach()
@@ -148,7 +158,7 @@ def test_fgsm_point_matches_a_hand_computation_and_stays_in_the_ball():
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_bs_trains_on_the_frozen_models_labels_at_the_fgsm_points(monkeypatch, caplog):
+def test_bs_labels_original_trains_on_the_originals_labels_at_the_fgsm_points(monkeypatch, caplog):
     bound = 0.3
     model, data = _linear(), _data(use_retain=False, augment=Augment())
     _, expected, clean_pred = _analytic_fgsm_labels(model, to_float(data.forget_x), data.forget_y,
@@ -157,7 +167,7 @@ def test_bs_trains_on_the_frozen_models_labels_at_the_fgsm_points(monkeypatch, c
     seen = {}
     monkeypatch.setattr(bs, "finetune", lambda m, stream, **kw: seen.update(stream=stream) or m)
     with caplog.at_level(logging.INFO, logger="methods.bs"):
-        bs.unlearn(model, data, **HP, bound=bound)
+        bs.unlearn(model, data, **HP, bound=bound, labels="original", retain_pass="before")
     images = to_float(data.forget_x).flatten(1)
     labels = torch.full_like(data.forget_y, -1)
     for x, y, sign in seen["stream"]:
@@ -170,8 +180,8 @@ def test_bs_trains_on_the_frozen_models_labels_at_the_fgsm_points(monkeypatch, c
 
 
 def test_bs_with_retain_adds_a_descent_pass_on_it():
-    with_r = bs.unlearn(_linear(), _data(use_retain=True), **HP, bound=0.1)
-    without = bs.unlearn(_linear(), _data(use_retain=False), **HP, bound=0.1)
+    with_r = bs.unlearn(_linear(), _data(use_retain=True), **HP, **EXTRA[bs])
+    without = bs.unlearn(_linear(), _data(use_retain=False), **HP, **EXTRA[bs])
     assert _changed(with_r, without)
 
 
@@ -182,16 +192,16 @@ def _l1(model):
 def test_l1_penalty_shrinks_the_weights_compared_with_plain_ft():
     data = _data()
     plain = ft.unlearn(_linear(), data, **HP)
-    sparse = l1_sparse.unlearn(_linear(), data, **HP, alpha=0.05)
+    sparse = l1_sparse.unlearn(_linear(), data, **HP, alpha=0.05, alpha_schedule="linear")
     assert _l1(sparse) < 0.9 * _l1(plain)
 
 
-def test_l1_alpha_decays_linearly_to_zero():
+def test_l1_alpha_linear_decays_linearly_to_zero():
     model = torch.nn.Linear(2, 1)
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[0.5, -2.0]]))
         model.bias.zero_()  # sign(0) = 0: no push on a zero weight
-    hook = l1_sparse.l1_hook(alpha=1.0, total_steps=5)
+    hook = l1_sparse.l1_hook(alpha=1.0, steps_per_epoch=1, epochs=5, schedule="linear")
     added = []
     for _ in range(7):
         for p in model.parameters():
@@ -203,9 +213,10 @@ def test_l1_alpha_decays_linearly_to_zero():
     assert added == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2, 0.0, 0.0])
 
 
-def test_l1_schedule_spans_exactly_the_run(monkeypatch):
-    # Record alpha_t as the hook applies it inside the real run: one value per optimizer step,
-    # alpha * (1 - t / T) with T the run's step count, and nothing left after the run.
+@pytest.mark.parametrize("schedule", ["compounding", "linear"])
+def test_l1_schedule_spans_exactly_the_run(monkeypatch, schedule):
+    # Record alpha_t as the hook applies it inside the real run: one value per optimizer step, and
+    # nothing left after the run. 72 retain samples in batches of 16: 5 steps an epoch, 2 epochs.
     alphas, hooks = [], []
     real = l1_sparse.finetune
 
@@ -222,14 +233,188 @@ def test_l1_schedule_spans_exactly_the_run(monkeypatch):
         return real(model, stream, **{**kw, "grad_hook": measuring})
 
     monkeypatch.setattr(l1_sparse, "finetune", spy)
-    model = l1_sparse.unlearn(_linear(), _data(), **HP, alpha=1.0)
-    total = HP["epochs"] * 5  # 72 retain samples in batches of 16
-    assert alphas == pytest.approx([1.0 - t / total for t in range(total)], rel=1e-4)
+    model = l1_sparse.unlearn(_linear(), _data(), **HP, alpha=1.0, alpha_schedule=schedule)
+    total = HP["epochs"] * 5
+    expected = {"compounding": [1.0] * 5 + [2.0] * 5,  # x (2 - 2 * 0 / 2) after epoch 0
+                "linear": [1.0 - t / total for t in range(total)]}[schedule]
+    assert alphas == pytest.approx(expected, rel=1e-4)
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     hooks[0](model)
     assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in model.parameters())
 
+
+def test_l1_alpha_compounds_per_epoch_as_the_amun_code():
+    # The AMUN code: after epoch e, alpha_l1 = (2 - 2 e / E) * alpha_l1. By hand, E = 10:
+    # 1, 2, 2 * 1.8, 3.6 * 1.6, 5.76 * 1.4, 8.064 * 1.2, 9.6768 * 1.0, * 0.8, * 0.6, * 0.4.
+    by_hand = [1.0, 2.0, 3.6, 5.76, 8.064, 9.6768, 9.6768, 7.74144, 4.644864, 1.8579456]
+    got = [l1_sparse.alpha_at(e * 3 + k, alpha=1.0, steps_per_epoch=3, epochs=10,
+                              schedule="compounding") for e in range(10) for k in range(3)]
+    assert got == pytest.approx([a for a in by_hand for _ in range(3)])
+    assert l1_sparse.alpha_at(30, alpha=1.0, steps_per_epoch=3, epochs=10,
+                              schedule="compounding") == 0.0
+    linear = [l1_sparse.alpha_at(t, alpha=1.0, steps_per_epoch=3, epochs=10, schedule="linear")
+              for t in range(30)]
+    assert sum(got) / sum(linear) == pytest.approx(5.4021849600 / 0.5166666667, rel=1e-6)
+
+
+def _batch_sources(stream, data):
+    """'R' or 'F' for each batch of one epoch of `stream` (un-augmented data): whether its
+    first image is a retain or a forget image."""
+    forget = to_float(data.forget_x).flatten(1)
+    out = []
+    for x, _, _ in stream:
+        out.append("F" if (x[:1].flatten(1) == forget).all(1).any() else "R")
+    return "".join(out)
+
+
+@pytest.mark.parametrize("method", [ga, bs, be])
+@pytest.mark.parametrize("retain_pass", ["before", "after"])
+def test_with_retain_each_epoch_runs_the_retain_pass_where_asked(monkeypatch, method,
+                                                                  retain_pass):
+    # The AMUN code (before): a descent pass over D_R, then the forget pass, so every epoch ends
+    # on the forget update. 72 retain samples and 24 forget samples in batches of 16.
+    data = _data(use_retain=True, augment=Augment())
+    seen = {}
+    monkeypatch.setattr(method, "finetune", lambda m, stream, **kw: seen.update(stream=stream) or m)
+    model = _linear()
+    if method is be:
+        model = torch.nn.Sequential()  # BE swaps the model's fc: give it one
+        model.add_module("flat", torch.nn.Flatten())
+        model.add_module("fc", _linear()[1])
+    method.unlearn(model, data, **HP, **{**EXTRA[method], "retain_pass": retain_pass})
+    order = _batch_sources(seen["stream"], data)
+    assert order == ("RRRRRFF" if retain_pass == "before" else "FFRRRRR")
+    signs = [s for _, _, s in seen["stream"]]
+    if method is ga:
+        assert signs == ([1.0] * 5 + [-1.0] * 2 if retain_pass == "before" else [-1.0] * 2 + [1.0] * 5)
+
+
+def test_ga_pass_order_changes_the_result():
+    before = ga.unlearn(_linear(), _data(use_retain=True), **HP, retain_pass="before")
+    after = ga.unlearn(_linear(), _data(use_retain=True), **HP, retain_pass="after")
+    assert _changed(before, after)
+
+
+def _fgsm_labels_by_hand(model, x, y, bound):
+    """A linear model's prediction at its rounded FGSM point: grad_x CE = (softmax - onehot) W."""
+    w, b = model[1].weight.detach(), model[1].bias.detach()
+    flat = x.flatten(1)
+    grad = (torch.softmax(flat @ w.T + b, 1) - F.one_hot(y, 3).float()) @ w
+    x_adv = torch.round((flat + bound * grad.sign()).clamp(0, 1) * 255) / 255
+    return (x_adv @ w.T + b).argmax(1)
+
+
+def test_bs_epoch_copy_labels_each_augmented_batch_by_a_copy_taken_at_the_epoch_start(monkeypatch):
+    # The AMUN code: a fresh frozen copy of the live model at the start of every epoch's forget
+    # pass labels each AUGMENTED batch at its FGSM point rounded to the 1/255 grid. The fake
+    # training loop below moves the model after every batch; labels must follow the copy.
+    bound = 0.25  # 63.75 / 255: the rounding moves every pixel
+    data = _data(use_retain=False, augment=Augment(crop_pad=1, flip=True))
+    data.forget_y = torch.zeros_like(data.forget_y)  # every true label known: 0
+    g = torch.Generator().manual_seed(5)
+    records = []
+
+    def fake_finetune(model, stream, **kw):
+        for _ in range(3):
+            copy_at_start = copy.deepcopy(model)
+            for x, y, _ in stream:
+                records.append((copy_at_start, x, y))
+                with torch.no_grad():
+                    model[1].weight.add_(torch.randn(model[1].weight.shape, generator=g) * 3)
+        return model
+
+    monkeypatch.setattr(bs, "finetune", fake_finetune)
+    bs.unlearn(_linear(), data, **HP, bound=bound, labels="epoch_copy", retain_pass="before")
+    assert len(records) == 6
+    for frozen, x, y in records:
+        assert torch.equal(y, _fgsm_labels_by_hand(frozen, x, torch.zeros_like(y), bound))
+    first_epoch_labels = torch.cat([y for _, _, y in records[:2]])
+    later = torch.cat([y for _, _, y in records[4:]])
+    assert not torch.equal(first_epoch_labels, later)  # the copy changed between epochs
+    # Each augmented batch is labelled as augmented: not as the un-augmented image would be.
+    frozen, x, y = records[0]
+    unaugmented = to_float(data.forget_x[:16])
+    assert not torch.equal(x, unaugmented)
+
+
+def test_fgsm_quantize_rounds_to_the_8_bit_grid():
+    model, data = _linear(), _data()
+    x = to_float(data.forget_x)
+    raw = bs.fgsm(model, x, data.forget_y, bound=0.25)
+    grid = bs.fgsm(model, x, data.forget_y, bound=0.25, quantize=True)
+    assert torch.equal(grid * 255, torch.round(grid * 255))
+    assert (grid - raw).abs().max() <= 0.5 / 255 + 1e-7
+    assert not torch.equal(grid, raw)
+
+
+def _mask_by_hand(model, data, ratio, batch_size, mean):
+    """Top-ratio mask of |sum over in-order batches of grad CE| (mean or summed per batch)."""
+    model = copy.deepcopy(model).eval()
+    x = to_float(data.forget_x)
+    for i in range(0, len(x), batch_size):
+        loss = F.cross_entropy(model(x[i:i + batch_size]), data.forget_y[i:i + batch_size],
+                               reduction="mean" if mean else "sum")
+        loss.backward()
+    scores = torch.cat([p.grad.abs().flatten() for p in model.parameters()])
+    keep = torch.zeros_like(scores, dtype=torch.bool)
+    keep[torch.topk(scores, round(ratio * len(scores))).indices] = True
+    return keep
+
+
+def test_salun_batch_mean_mask_sums_per_batch_mean_gradients():
+    # The AMUN / SalUn code: per-batch MEAN losses summed over the forget batches, so the last
+    # batch (8 of 24 samples, batches of 16) weighs twice as much per sample; exact does not.
+    model, data = _bn_mlp(), _data(augment=Augment())
+    flat = lambda m: torch.cat([v.flatten() for v in m.values()])
+    batch_mean = flat(salun.saliency_mask(model, data.forget_x, data.forget_y, ratio=0.3,
+                                          batch_size=16, accumulation="batch_mean",
+                                          augment=data.augment))
+    exact = flat(salun.saliency_mask(model, data.forget_x, data.forget_y, ratio=0.3,
+                                     batch_size=16, accumulation="exact"))
+    assert torch.equal(batch_mean, _mask_by_hand(model, data, 0.3, 16, mean=True))
+    assert torch.equal(exact, _mask_by_hand(model, data, 0.3, 16, mean=False))
+    assert not torch.equal(batch_mean, exact)
+
+
+def test_salun_batch_mean_mask_takes_augmented_batches_seeded_by_the_run():
+    model = _bn_mlp()
+    flat = lambda m: torch.cat([v.flatten() for v in m.values()])
+    plain = flat(salun.data_mask(model, _data(augment=Augment()), ratio=0.3, batch_size=16,
+                                 accumulation="batch_mean"))
+    augmented = [flat(salun.data_mask(model, _data(augment=Augment(crop_pad=1, flip=True)),
+                                      ratio=0.3, batch_size=16, accumulation="batch_mean"))
+                 for _ in range(2)]
+    assert torch.equal(augmented[0], augmented[1])  # the same run seed: the same crops and flips
+    assert not torch.equal(plain, augmented[0])
+    exact = [flat(salun.data_mask(model, _data(augment=a), ratio=0.3, batch_size=16,
+                                  accumulation="exact"))
+             for a in (Augment(), Augment(crop_pad=1, flip=True))]
+    assert torch.equal(exact[0], exact[1])  # exact never augments
+
+
+@pytest.mark.parametrize("override,message", [
+    ("method=bs method.labels=once", "method.labels must be one of epoch_copy, original"),
+    ("method=ga method.retain_pass=first", "method.retain_pass must be one of before, after"),
+    ("method=l1_sparse method.alpha_schedule=cosine",
+     "method.alpha_schedule must be one of compounding, linear"),
+    ("method=salun method.mask_accumulation=mean",
+     "method.mask_accumulation must be one of batch_mean, exact"),
+    ("method=amun_salun method.salun_accumulation=sum",
+     "method.salun_accumulation must be one of batch_mean, exact"),
+])
+def test_a_wrong_variant_name_fails_validation_with_the_choices(make_cfg, override, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(make_cfg(*override.split()))
+
+
+@pytest.mark.parametrize("method,key,value", [
+    ("ga", "retain_pass", "before"), ("bs", "retain_pass", "before"), ("be", "retain_pass", "before"),
+    ("bs", "labels", "epoch_copy"), ("l1_sparse", "alpha_schedule", "compounding"),
+    ("salun", "mask_accumulation", "batch_mean"), ("amun_salun", "salun_accumulation", "batch_mean"),
+])
+def test_the_amun_codes_behaviour_is_the_default(make_cfg, method, key, value):
+    assert make_cfg(f"method={method}").method[key] == value
 
 
 def test_be_expand_and_prune_keep_the_real_rows():

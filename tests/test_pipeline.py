@@ -84,7 +84,12 @@ def test_the_oracle_never_saw_the_forget_set_and_treats_it_like_test_data(make_c
     forget = (ds.train_x[split.forget_idx], ds.train_y[split.forget_idx])
     test = (ds.test_x, ds.test_y)
     loss = lambda model, xy: F.cross_entropy(predict(model, xy[0], 512), xy[1]).item()
-    assert 0.5 < loss(oracle, forget) / loss(oracle, test) < 2.0
+    # The oracle's loss on D_F is nearer (in ratio) its loss on the test set than the original's
+    # loss on D_F: a mean over 144 samples that are mostly right is dominated by its few errors
+    # (one sample at loss 5 adds 0.035), so a fixed band around 1 would test the draw, not the code.
+    ratio = lambda a, b: abs(np.log(a / b))
+    assert ratio(loss(oracle, forget), loss(oracle, test)) < ratio(loss(oracle, forget),
+                                                                  loss(original, forget))
     assert loss(oracle, forget) > 3 * loss(original, forget)
     assert loss(original, forget) < 0.5 * loss(original, test)
     # 144 forget samples: a binomial std of about 1.5 points at 97 % accuracy.
@@ -173,6 +178,9 @@ def test_multirun_shares_models_and_reports_one_table(tmp_path):
     retrain = next(r for r in results if r["method"] == "retrain")
     assert rows[0][4].strip() == f"{retrain['metrics']['original']['forget_acc']:.2f}"
     assert (sweep / "table.csv").exists() and (sweep / "table.md").exists()
+    # The regime below the table: one seed, the original and the oracle trained once each.
+    assert "- digits, forget 10%, 1 seed(s): original: retain " in report
+    assert "s to train a model (2 trained)" in report
 
 
 def _result(seed, acc, lr=0.1, status="ok"):
@@ -182,6 +190,28 @@ def _result(seed, acc, lr=0.1, status="ok"):
         "paths": {"cache_dir": f"/tmp/{seed}"}},
         "metrics": {"unlearned": {"forget_acc": acc, "retain_acc": 90.0, "test_acc": 80.0,
                                   "mia_efficacy": 10.0}}}
+
+
+def test_report_regime_summarizes_the_original_and_the_oracle_per_seed():
+    from runner.report import regime
+
+    def run(seed, forget, test, oracle_forget, auc, hits):
+        r = _result(seed, 0.0)
+        r["metrics"]["original"] = {"retain_acc": 100.0, "forget_acc": forget, "test_acc": test}
+        r["metrics"]["retrain"] = {"forget_acc": oracle_forget, "test_acc": test - 1.0,
+                                   "rmia_ft_auc": auc}
+        r["cache_hits"] = {"original": hits, "retrain": hits}
+        r["stage_seconds"] = {"original": 60.0 + seed, "retrain": 50.0 + seed}
+        return r
+
+    # Two methods on seed 1 share its models (counted once); seed 2 trained its own.
+    lines = regime([run(1, 99.0, 90.0, 89.0, 51.0, False), run(1, 99.0, 90.0, 89.0, 51.0, True),
+                    run(2, 97.0, 88.0, 88.0, 49.0, False), _result(3, 0.0, status="failed")])
+    assert lines == [
+        "- digits, forget 10%, 2 seed(s): original: retain 100.00 ± 0.00, forget 98.00 ± 1.41, "
+        "test 89.00 ± 1.41, forget - test 9.00 ± 0.00; oracle: forget 88.50 ± 0.71, "
+        "test 88.00 ± 1.41, forget - test 0.50 ± 0.71, RMIA FT AUC 50.00 ± 1.41; "
+        "56.50 ± 5.80 s to train a model (4 trained)"]
 
 
 def test_report_marks_failed_runs_and_averages_seeds():
