@@ -86,6 +86,7 @@ class EpochCopyLabels:
 
     def __iter__(self):
         frozen = copy.deepcopy(self.model).eval().requires_grad_(False)
+        frozen.zero_grad(set_to_none=True)  # the copy needs none of the last step's gradients
         kept = None
         for x, y, sign in self.stream:
             new_y = _predict_at_fgsm(frozen, x, y, self.bound, quantize=True)
@@ -114,7 +115,8 @@ def unlearn(model: torch.nn.Module, data: UnlearnData, *, epochs: int, lr: float
                      lr=lr, momentum=momentum, weight_decay=weight_decay, decay_every=decay_every,
                      decay_gamma=decay_gamma, precision=data.precision, desc="bs")
     if labels == "epoch_copy" and forget.kept:
+        # kept[epochs - 1]: a clipped model's batch-norm pass after training iterates once more
         log.info("bs: of %d forget samples per epoch, %d kept their label in the first epoch and "
                  "%d in the last (FGSM step of %g did not cross the boundary)", len(data.forget_y),
-                 int(forget.kept[0]), int(forget.kept[-1]), bound)
+                 int(forget.kept[0]), int(forget.kept[min(epochs, len(forget.kept)) - 1]), bound)
     return model

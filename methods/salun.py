@@ -40,8 +40,8 @@ Accumulation = Literal["batch_mean", "exact"]
 
 
 def forget_gradient(model: torch.nn.Module, forget_x: torch.Tensor, forget_y: torch.Tensor, *,
-                    batch_size: int, accumulation: Accumulation = "exact",
-                    augment: Augment | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
+                    batch_size: int, accumulation: Accumulation, augment: Augment | None = None,
+                    seed: int = 0) -> dict[str, torch.Tensor]:
     """d/dtheta of the forget loss, per named parameter, in fp32: with `exact`, of
     sum_{(x, y) in D_F} CE(model(x), y); with `batch_mean`, the sum over batches of `batch_size`
     (in order, augmented by `augment` drawn from `seed`) of d/dtheta of the batch's mean CE.
@@ -76,7 +76,7 @@ def forget_gradient(model: torch.nn.Module, forget_x: torch.Tensor, forget_y: to
 
 
 def saliency_mask(model: torch.nn.Module, forget_x: torch.Tensor, forget_y: torch.Tensor, *,
-                  ratio: float, batch_size: int, accumulation: Accumulation = "exact",
+                  ratio: float, batch_size: int, accumulation: Accumulation,
                   augment: Augment | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
     """Bool masks (one per named parameter) keeping the top `ratio` fraction of all parameter
     entries by |gradient of the forget loss|. Exactly round(ratio * total) entries are kept, even

@@ -105,9 +105,14 @@ def _acc(logits: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def accuracies(model: torch.nn.Module, ctx: EvalContext) -> dict[str, float]:
-    """Accuracy (%) on D_F, D_R and the test set; for class forgetting also the test set split into
-    the forgotten class (`test_forget_acc`) and the remaining classes (`test_retain_acc`)."""
+    """Accuracy (%) on D_F, D_R and the test set, and `forget_confidence`: the mean softmax
+    probability (%) of the true label on D_F (how sure the model still is of what it should
+    forget); for class forgetting also the test set split into the forgotten class
+    (`test_forget_acc`) and the remaining classes (`test_retain_acc`)."""
     out = {f"{s}_acc": _acc(ctx.logits(model, s), ctx.labels(s)) for s in ("forget", "retain", "test")}
+    forget_logits, forget_y = ctx.logits(model, "forget"), ctx.labels("forget")
+    out["forget_confidence"] = float(torch.softmax(forget_logits.float(), 1)
+                                     .gather(1, forget_y[:, None]).mean() * 100.0)
     if ctx.split.kind == "class":
         test_logits, test_y = ctx.logits(model, "test"), ctx.labels("test")
         in_class = test_y == ctx.split.class_id
@@ -116,7 +121,7 @@ def accuracies(model: torch.nn.Module, ctx: EvalContext) -> dict[str, float]:
     return out
 
 
-accuracies.metric_names = ("forget_acc", "retain_acc", "test_acc")
+accuracies.metric_names = ("forget_acc", "retain_acc", "test_acc", "forget_confidence")
 accuracies.class_metric_names = ("test_forget_acc", "test_retain_acc")
 
 

@@ -133,6 +133,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     extra = {}
     if adversarial_sets:
         extra["adversarial"] = adversarial.summarize(adversarial_sets)
+        # How far the unlearned model took on D_A: % of the last request's adversarial examples
+        # it labels with the original's wrong label (the original: 100 by construction).
+        adv_x, adv_y = data.adversarial
+        hits = predict(model, adv_x, eval_batch_size(cfg, device)).argmax(1) == adv_y
+        extra["adversarial"]["unlearned_adv_label_pct"] = float(hits.float().mean() * 100.0)
         state.cache_keys["adversarial"] = extra["adversarial"]["cache_key"]
         state.cache_hits["adversarial"] = all(s.hit for s in adversarial_sets)
         adversarial.plot_eps_histogram(extra["adversarial"], run_dir / "adversarial_eps.png")

@@ -59,7 +59,7 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def _setting(r: dict) -> dict[str, str]:
+def setting_of(r: dict) -> dict[str, str]:
     """The run's resolved config, flattened, without seeds and result-neutral keys."""
     return {k: v for k, v in _flat(r.get("config", {})).items()
             if not any(k == n or (n.endswith(".") and k.startswith(n)) for n in NOT_SETTINGS)}
@@ -125,7 +125,7 @@ def _labels(groups: dict[tuple, list[dict]]) -> dict[tuple, tuple[str, str, str]
     return labels
 
 
-def _status(r: dict) -> str:
+def status_of(r: dict) -> str:
     """ok, failed, preempted, or unfinished (a job killed outright leaves `running`)."""
     status = r.get("status")
     return status if status in ("ok", "failed", "preempted") else "unfinished"
@@ -135,7 +135,8 @@ def _runs_cell(runs: list[dict]) -> str:
     ok = [r for r in runs if r.get("status") == "ok"]
     seeds = [(r["config"].get("seed"), r["config"].get("forget", {}).get("seed")) for r in ok]
     dups = len(seeds) - len(set(seeds))
-    notes = [f"{n} {s}" for s, n in sorted(Counter(_status(r) for r in runs).items()) if s != "ok"]
+    notes = [f"{n} {s}" for s, n in sorted(Counter(status_of(r) for r in runs).items())
+             if s != "ok"]
     notes += [f"{dups} dup"] if dups else []
     return f"{len(ok)}/{len(runs)}" + (f" ({', '.join(notes)})" if notes else "")
 
@@ -146,7 +147,7 @@ def not_finished(results: list[dict]) -> list[str]:
     for r in results:
         if r.get("status") != "ok":
             error = str(r.get("error", "no error recorded")).splitlines()[0][:300]
-            lines.append(f"{_status(r)}: {r.get('run_dir', '?')}: {error}")
+            lines.append(f"{status_of(r)}: {r.get('run_dir', '?')}: {error}")
     return lines
 
 
@@ -197,7 +198,7 @@ def make_table(results: list[dict], columns=COLUMNS) -> list[list[str]]:
     originals = [_original_view(r) for r in results
                  if r.get("status") == "ok" and r.get("method") == "retrain" and "gap_metrics" in r]
     for r in results + originals:
-        groups[(*_row_key(r), tuple(sorted(_setting(r).items())))].append(r)
+        groups[(*_row_key(r), tuple(sorted(setting_of(r).items())))].append(r)
     labels = _labels(groups)
     rows = [["dataset", "forget", "method", *columns, "runs"]]
     for key in sorted(groups, key=lambda k: _sort_key(labels[k])):
@@ -205,7 +206,7 @@ def make_table(results: list[dict], columns=COLUMNS) -> list[list[str]]:
         if ok:
             cells = [_cell([_value(r, c) for r in ok]) for c in columns]
         else:  # says why there is no number
-            cells = ["/".join(sorted({_status(r) for r in groups[key]}))] * len(columns)
+            cells = ["/".join(sorted({status_of(r) for r in groups[key]}))] * len(columns)
         rows.append([*labels[key], *cells, _runs_cell(groups[key])])
     return rows
 

@@ -7,24 +7,29 @@ in `conf/method_dataset/<method>_<dataset>.yaml` (the dataset as the config grou
 chose, read from each job's `.hydra/hydra.yaml`), with the grid, the seeds, the reproducing command
 and the commit in its comments, so the runner uses it whenever that method runs on that dataset.
 Runs without D_R are listed for information and never written: a method_dataset file applies to a
-method whatever its use_retain.
+method whatever its use_retain. A method is not written (and the command exits 1) when its runs
+differ in anything but lr, decay_every and the seeds, come from several commits, have grid points
+with different seeds, or include a run without a result: a pick must compare like with like.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from omegaconf import OmegaConf
 
-from runner.report import load_results
+from runner.report import setting_of, status_of
 from runner.results import METRICS_FILE
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 KEYS = ("lr", "decay_every")
+SWEPT = {f"method.{k}" for k in KEYS}
 
 
 def _choice(run_dir: Path) -> str:
@@ -33,17 +38,53 @@ def _choice(run_dir: Path) -> str:
     return str(hydra.hydra.runtime.choices.dataset)
 
 
-def grids(root: Path) -> dict[tuple[str, str, bool], dict[tuple, list[float]]]:
-    """{(dataset option, method, use_retain): {(lr, decay_every): [Avg. Gap of each seed]}}."""
-    out: dict = defaultdict(lambda: defaultdict(list))
+@dataclass
+class Search:
+    """The runs of one method (with or without D_R) on one dataset option."""
+
+    grid: dict = field(default_factory=lambda: defaultdict(dict))  # point -> {seed: Avg. Gap}
+    settings: set = field(default_factory=set)   # everything but lr, decay_every and seeds
+    commits: set = field(default_factory=set)
+    not_ok: list = field(default_factory=list)   # "status: run dir" of runs without a result
+
+    def problems(self) -> list[str]:
+        """Why this search cannot be trusted to pick (empty: it can)."""
+        out = []
+        if len(self.settings) > 1:
+            differ = sorted({k for s in self.settings for k, v in s
+                             if any(dict(t).get(k) != v for t in self.settings)})
+            out.append(f"its runs differ in more than lr and decay_every: {differ}")
+        if len(self.commits) > 1:
+            out.append(f"its runs come from several commits: {sorted(self.commits)}")
+        seeds = {tuple(sorted(v)) for v in self.grid.values()}
+        if len(seeds) > 1:
+            out.append(f"its grid points have different seeds: {sorted(seeds)}")
+        out += [f"a run without a result: {line}" for line in self.not_ok]
+        return out
+
+    def means(self) -> dict[tuple, list[float]]:
+        return {point: list(gaps.values()) for point, gaps in self.grid.items()}
+
+
+def grids(root: Path) -> dict[tuple[str, str, bool], Search]:
+    """{(dataset option, method, use_retain): its Search} over every job under root."""
+    out: dict = defaultdict(Search)
     for path in sorted(root.rglob(METRICS_FILE)):
-        r = load_results(path.parent)[0]
-        if r.get("status") != "ok" or r.get("method") == "retrain":
+        r = json.loads(path.read_text())
+        cfg = r.get("config", {})
+        method = cfg.get("method", {})
+        if method.get("name") in (None, "retrain"):
             continue
-        m = r["config"]["method"]
-        out[(_choice(path.parent), r["method"], r["use_retain"])][tuple(m[k] for k in KEYS)] \
-            .append(r["avg_gap"])
-    return out
+        search = out[(_choice(path.parent), method["name"], method.get("use_retain"))]
+        if r.get("status") != "ok":
+            search.not_ok.append(f"{status_of(r)}: {path.parent}")
+            continue
+        search.settings.add(tuple(sorted((k, v) for k, v in setting_of(r).items()
+                                         if k not in SWEPT)))
+        search.commits.add(r.get("git_commit", "unknown"))
+        search.grid[tuple(method[k] for k in KEYS)][(r["seed"], cfg["forget"].get("seed"))] = \
+            r["avg_gap"]
+    return dict(out)
 
 
 def best(grid: dict[tuple, list[float]]) -> tuple:
@@ -70,11 +111,6 @@ def _command(root: Path) -> str:
     return "python -m runner -m " + " ".join(str(t) for t in task)
 
 
-def _commits(root: Path) -> str:
-    commits = {r.get("git_commit", "unknown") for r in load_results(root) if r.get("status") == "ok"}
-    return ", ".join(sorted(commits))
-
-
 BEGIN, END = "# --- picked by runner.tune:", "# --- end of the pick"
 
 
@@ -91,17 +127,19 @@ def _own_comments(text: str) -> list[str]:
     return out
 
 
-def render(dataset: str, method: str, grid: dict[tuple, list[float]], root: Path,
-           seeds: list, old: str | None = None) -> str:
+def render(dataset: str, method: str, search: Search, root: Path, old: str | None = None) -> str:
     """The method_dataset file of the pick. `old`: the file it replaces, whose other keys (AMUN's
-    eps_init, say) and their comments are kept after the pick."""
+    eps_init, say) are kept after the pick, with its comments (less an earlier pick's)."""
+    grid = search.means()
     lr, decay = best(grid)
+    seeds = sorted({seed for gaps in search.grid.values() for seed, _ in gaps})
     rest = []
     if old:
         kept = {k: v for k, v in OmegaConf.to_container(OmegaConf.create(old)).items()
                 if k not in KEYS}
         if kept:
-            rest = [*_own_comments(old), *OmegaConf.to_yaml(OmegaConf.create(kept)).splitlines()]
+            rest = ["# Kept from the file this pick replaced:", *_own_comments(old),
+                    *OmegaConf.to_yaml(OmegaConf.create(kept)).splitlines()]
     lines = [
         "# @package method",
         BEGIN,
@@ -109,8 +147,8 @@ def render(dataset: str, method: str, grid: dict[tuple, list[float]], root: Path
         f"# grid below (mean Avg. Gap per lr and decay_every), written by `python -m runner.tune "
         f"{root} --write`",
         f"# from the sweep `{_command(root)}`",
-        f"# (code at {_commits(root)}). What this file does not set is as in conf/method/"
-        f"{method}.yaml.",
+        f"# (code at {', '.join(sorted(search.commits))}). What this file does not set is as in "
+        f"conf/method/{method}.yaml.",
         *[f"#   {line}" for line in _table(grid)],
         END,
         f"lr: {lr!r}",
@@ -128,23 +166,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conf", type=Path, default=CONF, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     found = grids(args.sweep_dir)
-    if not found:
+    if not any(search.grid for search in found.values()):
         print(f"no finished runs under {args.sweep_dir}", file=sys.stderr)
         return 1
-    seeds = sorted({r["seed"] for r in load_results(args.sweep_dir) if r.get("status") == "ok"})
-    for (dataset, method, use_retain), grid in sorted(found.items()):
+    refused = 0
+    for (dataset, method, use_retain), search in sorted(found.items()):
+        problems = search.problems()
+        if not search.grid:
+            print(f"\n{method} on {dataset}: no finished run", *problems, sep="\n  ")
+            refused += 1
+            continue
+        grid = search.means()
         lr, decay = best(grid)
         n = {len(v) for v in grid.values()}
         print(f"\n{method} on {dataset} ({'with' if use_retain else 'without'} D_R, "
               f"{'/'.join(map(str, sorted(n)))} seed(s) per point): best lr={lr:g} "
               f"decay_every={decay} (Avg. Gap {np.mean(grid[(lr, decay)]):.2f})")
         print("\n".join("  " + line for line in _table(grid)))
-        if args.write and use_retain:
+        if problems:
+            print("  not written:" if args.write and use_retain else "  note:", *problems,
+                  sep="\n    ")
+            refused += bool(args.write and use_retain)
+        elif args.write and use_retain:
             path = args.conf / "method_dataset" / f"{method}_{dataset}.yaml"
             old = path.read_text() if path.exists() else None
-            path.write_text(render(dataset, method, grid, args.sweep_dir, seeds, old))
+            path.write_text(render(dataset, method, search, args.sweep_dir, old))
             print(f"  written: {path}")
-    return 0
+    return 1 if refused else 0
 
 
 if __name__ == "__main__":

@@ -52,6 +52,10 @@ def test_adversarial_set_is_built_once_and_reported(make_cfg, tmp_path):
     assert first["cache_hits"]["adversarial"] is False and second["cache_hits"]["adversarial"]
     adv = first["adversarial"]
     assert adv["success_rate"] > 90.0 and 0 < adv["model_calls_per_sample"] < 150
+    # One epoch on D_R + D_F + D_A: the unlearned model has taken on most of D_A's wrong labels.
+    assert 50.0 < adv["unlearned_adv_label_pct"] <= 100.0
+    m = first["metrics"]
+    assert m["unlearned"]["forget_confidence"] < m["original"]["forget_confidence"]
     eps_init = adv["eps_init"]
     assert eps_init in [0.25 * 2 ** k for k in range(8)]
     assert sum(adv["eps_histogram"].values()) == round(144 * adv["success_rate"] / 100)

@@ -36,7 +36,11 @@ def test_accuracies_by_hand():
     split = Split("random", np.array([0, 3]), np.array([1, 2]))
     out = accuracies(Fixed(logits), _ctx(train_y, test_y, split))
     # forget: sample 0 right, sample 3 wrong -> 50; retain: 1 right, 2 wrong -> 50; test: 1 of 2.
-    assert out == {"forget_acc": 50.0, "retain_acc": 50.0, "test_acc": 50.0}
+    # forget confidence: softmax of the true label, e^9 / (e^9 + 2) and 1 / (e^9 + 2), averaged.
+    e9 = math.exp(9)
+    confidence = 100 * (e9 / (e9 + 2) + 1 / (e9 + 2)) / 2
+    assert out == pytest.approx({"forget_acc": 50.0, "retain_acc": 50.0, "test_acc": 50.0,
+                                 "forget_confidence": confidence}, rel=1e-6)
 
 
 def test_class_accuracies_split_the_test_set():

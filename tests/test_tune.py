@@ -1,6 +1,7 @@
 """experiment=tune and runner.tune: a real lr x decay sweep on digits, and the pick it writes into
 conf/method_dataset/ (a copy of the config tree), which the runner then composes."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 
 from runner.report import load_results
-from runner.tune import best, grids
+from runner.tune import best, grids, main
 
 from conftest import CONF_DIR, FAST
 
@@ -38,7 +39,8 @@ def test_tune_sweeps_the_grid_and_writes_a_pick_the_runner_composes(tmp_path):
     assert all(r["seed"] == 2 and r["config"]["forget"]["seed"] == 2 for r in results)
     found = grids(sweep)
     assert set(found) == {("digits", "ft", True), ("digits", "ga", True)}
-    ft = found[("digits", "ft", True)]
+    assert all(not search.problems() for search in found.values())
+    ft = found[("digits", "ft", True)].means()
     assert sorted(ft) == [(0.01, 2), (0.05, 2)]
     pick = min(ft, key=lambda p: np.mean(ft[p]))
 
@@ -52,6 +54,50 @@ def test_tune_sweeps_the_grid_and_writes_a_pick_the_runner_composes(tmp_path):
         cfg = compose("config", overrides=["method=ft", "dataset=digits"])
         ga = compose("config", overrides=["method=ga", "dataset=digits"])
     assert (cfg.method.lr, cfg.method.decay_every) == pick
-    ga_pick = best(found[("digits", "ga", True)])
+    ga_pick = best(found[("digits", "ga", True)].means())
     assert (ga.method.lr, ga.method.decay_every, ga.method.momentum) == (*ga_pick, 0.8)
     assert "# why 0.8" in (conf / "method_dataset" / "ga_digits.yaml").read_text()
+
+
+def _job(root, name, *, lr, seed, epochs=10, commit="abc", status="ok", gap=1.0):
+    """A job dir of a tune sweep, as the runner leaves it (metrics.json, .hydra/hydra.yaml)."""
+    job = root / name
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "hydra.yaml").write_text(
+        "hydra:\n  runtime:\n    choices:\n      dataset: digits\n")
+    config = {"seed": seed, "forget": {"kind": "random", "fraction": 0.1, "seed": seed},
+              "method": {"name": "ft", "use_retain": True, "lr": lr, "decay_every": 5,
+                         "epochs": epochs}}
+    (job / "metrics.json").write_text(json.dumps(
+        {"status": status, "seed": seed, "method": "ft", "use_retain": True, "avg_gap": gap,
+         "git_commit": commit, "config": config}))
+
+
+def test_tune_refuses_to_write_a_pick_from_runs_that_are_not_alike(tmp_path, capsys):
+    conf = tmp_path / "conf"
+    (conf / "method_dataset").mkdir(parents=True)
+    cases = {
+        "epochs": [dict(lr=0.1, seed=1), dict(lr=0.01, seed=1, epochs=5)],
+        "commits": [dict(lr=0.1, seed=1), dict(lr=0.01, seed=1, commit="def")],
+        "seeds": [dict(lr=0.1, seed=1), dict(lr=0.1, seed=2), dict(lr=0.01, seed=1)],
+        "failed": [dict(lr=0.1, seed=1), dict(lr=0.01, seed=1, status="failed")],
+    }
+    expected = {"epochs": "differ in more than lr and decay_every: ['method.epochs']",
+                "commits": "several commits: ['abc', 'def']",
+                "seeds": "different seeds", "failed": "a run without a result: failed"}
+    for case, jobs in cases.items():
+        root = tmp_path / case
+        for i, job in enumerate(jobs):
+            _job(root, f"job{i}", **job)
+        assert main([str(root), "--write", "--conf", str(conf)]) == 1
+        out = capsys.readouterr().out
+        assert "not written:" in out and expected[case] in out, out
+        assert not (conf / "method_dataset" / "ft_digits.yaml").exists()
+    # Alike runs are written: lowest mean gap over the same seeds.
+    root = tmp_path / "alike"
+    for i, (lr, seed, gap) in enumerate([(0.1, 1, 2.0), (0.1, 2, 2.0), (0.01, 1, 1.0),
+                                         (0.01, 2, 2.5)]):
+        _job(root, f"job{i}", lr=lr, seed=seed, gap=gap)
+    assert main([str(root), "--write", "--conf", str(conf)]) == 0
+    written = (conf / "method_dataset" / "ft_digits.yaml").read_text()
+    assert "lr: 0.01\ndecay_every: 5\n" in written and "seeds [1, 2]" in written
