@@ -9,7 +9,8 @@ and the commit in its comments, so the runner uses it whenever that method runs 
 Runs without D_R are listed for information and never written: a method_dataset file applies to a
 method whatever its use_retain. A method is not written (and the command exits 1) when its runs
 differ in anything but lr, decay_every and the seeds, come from several commits, have grid points
-with different seeds, or include a run without a result: a pick must compare like with like.
+with different seeds, lack a grid point another method of the sweep ran, or include a run without
+a result: a pick must compare like with like, on the same grid for every method.
 """
 
 from __future__ import annotations
@@ -170,8 +171,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no finished runs under {args.sweep_dir}", file=sys.stderr)
         return 1
     refused = 0
+    points = {key[0]: set() for key in found}  # every grid point run on each dataset
+    for (dataset, _, _), search in found.items():
+        points[dataset] |= set(search.grid)
     for (dataset, method, use_retain), search in sorted(found.items()):
         problems = search.problems()
+        missing = sorted(points[dataset] - set(search.grid))
+        if missing:  # an unfinished sweep: the same grid for every method, or no pick
+            problems.append(f"its grid lacks points other methods of the sweep ran: {missing}")
         if not search.grid:
             print(f"\n{method} on {dataset}: no finished run", *problems, sep="\n  ")
             refused += 1

@@ -59,17 +59,17 @@ def test_tune_sweeps_the_grid_and_writes_a_pick_the_runner_composes(tmp_path):
     assert "# why 0.8" in (conf / "method_dataset" / "ga_digits.yaml").read_text()
 
 
-def _job(root, name, *, lr, seed, epochs=10, commit="abc", status="ok", gap=1.0):
+def _job(root, name, *, lr, seed, epochs=10, commit="abc", status="ok", gap=1.0, method="ft"):
     """A job dir of a tune sweep, as the runner leaves it (metrics.json, .hydra/hydra.yaml)."""
     job = root / name
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "hydra.yaml").write_text(
         "hydra:\n  runtime:\n    choices:\n      dataset: digits\n")
     config = {"seed": seed, "forget": {"kind": "random", "fraction": 0.1, "seed": seed},
-              "method": {"name": "ft", "use_retain": True, "lr": lr, "decay_every": 5,
+              "method": {"name": method, "use_retain": True, "lr": lr, "decay_every": 5,
                          "epochs": epochs}}
     (job / "metrics.json").write_text(json.dumps(
-        {"status": status, "seed": seed, "method": "ft", "use_retain": True, "avg_gap": gap,
+        {"status": status, "seed": seed, "method": method, "use_retain": True, "avg_gap": gap,
          "git_commit": commit, "config": config}))
 
 
@@ -81,10 +81,12 @@ def test_tune_refuses_to_write_a_pick_from_runs_that_are_not_alike(tmp_path, cap
         "commits": [dict(lr=0.1, seed=1), dict(lr=0.01, seed=1, commit="def")],
         "seeds": [dict(lr=0.1, seed=1), dict(lr=0.1, seed=2), dict(lr=0.01, seed=1)],
         "failed": [dict(lr=0.1, seed=1), dict(lr=0.01, seed=1, status="failed")],
+        "grid": [dict(lr=0.1, seed=1), dict(lr=0.01, seed=1), dict(lr=0.1, seed=1, method="ga")],
     }
     expected = {"epochs": "differ in more than lr and decay_every: ['method.epochs']",
                 "commits": "several commits: ['abc', 'def']",
-                "seeds": "different seeds", "failed": "a run without a result: failed"}
+                "seeds": "different seeds", "failed": "a run without a result: failed",
+                "grid": "ga on digits (with D_R, 1 seed(s) per point): best lr=0.1"}
     for case, jobs in cases.items():
         root = tmp_path / case
         for i, job in enumerate(jobs):
@@ -92,6 +94,10 @@ def test_tune_refuses_to_write_a_pick_from_runs_that_are_not_alike(tmp_path, cap
         assert main([str(root), "--write", "--conf", str(conf)]) == 1
         out = capsys.readouterr().out
         assert "not written:" in out and expected[case] in out, out
+        if case == "grid":  # ft ran the whole grid and is written; ga lacks lr 0.01
+            assert "lacks points other methods of the sweep ran: [(0.01, 5)]" in out
+            assert not (conf / "method_dataset" / "ga_digits.yaml").exists()
+            (conf / "method_dataset" / "ft_digits.yaml").unlink()
         assert not (conf / "method_dataset" / "ft_digits.yaml").exists()
     # Alike runs are written: lowest mean gap over the same seeds.
     root = tmp_path / "alike"
