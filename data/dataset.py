@@ -41,6 +41,14 @@ class Dataset:
                                  f"[0, {len(self.classes)})")
         if self.train_x.shape[1:] != self.test_x.shape[1:]:
             raise ValueError("train and test images differ in shape")
+        # One layout whatever the source: a one-channel (N, 1, H, W) tensor decoded from (N, H, W,
+        # 1) is contiguous with strides (H*W, 1, W, 1), which torch also reads as channels_last,
+        # so convolutions took another kernel (and other last bits) than on the same images
+        # loaded from the dataset cache, with strides (H*W, H*W, W, 1).
+        for name in ("train_x", "test_x"):
+            x = getattr(self, name)
+            if x.stride() != _standard_strides(x.shape):
+                object.__setattr__(self, name, x.clone(memory_format=torch.contiguous_format))
 
     @property
     def num_classes(self) -> int:
@@ -86,6 +94,14 @@ class Dataset:
         return (f"Dataset({self.name!r}, train={len(self.train_y)}, test={len(self.test_y)}, "
                 f"shape={self.shape}, classes={self.num_classes}, "
                 f"fingerprint={self.fingerprint[:12]}...)")
+
+
+def _standard_strides(shape: torch.Size) -> tuple[int, ...]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
 
 
 def fingerprint_of(train_x: torch.Tensor, train_y: torch.Tensor,

@@ -2,26 +2,64 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
+import os
+import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
+from data.readers import DatasetError
+from data.splits import SplitError
 from runner.checkpoint import is_preemption
-from runner.config import validate
+from runner.config import ConfigError, validate
 from runner.ensemble import run_ensemble
 from runner.pipeline import run, run_reference
 from runner.results import Logger, git_commit, summary_rows, write_metrics
+from runner.train import Diverged
+from runner.trained import set_cpu_threads
 
 log = logging.getLogger("runner")
+
+# What a user can fix (a config value, a missing dataset file): one line, not a traceback.
+USER_ERRORS = (ConfigError, SplitError, DatasetError, Diverged)
+
+
+@contextmanager
+def claimed(run_dir: Path):
+    """Hold `run_dir` for this run alone (flock on its `.lock`): a second run that is given the
+    same dir while this one runs stops before writing anything there, instead of overwriting its
+    metrics.json. On a filesystem without locks the guard is off."""
+    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"run dir {run_dir} is in use by another run; give each run its "
+                              "own hydra.run.dir (or hydra.sweep.dir)") from None
+        except OSError as err:
+            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+        yield
+    finally:
+        os.close(fd)
 
 
 def execute(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
     """Validate, run every stage, and record the outcome (metrics.json, W&B), failed or not."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    with claimed(run_dir):
+        return _execute(cfg, run_dir, group)
+
+
+def _execute(cfg: DictConfig, run_dir: Path, group: str | None) -> dict:
     stage = cfg.get("stage")
     what = stage if stage in ("reference", "ensemble") else cfg.method.get("name", "?")
     name = f"{what}-{cfg.dataset.get('name', '?')}-seed{cfg.get('seed')}"
@@ -35,6 +73,7 @@ def execute(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
     try:
         validate(cfg)  # before any data is loaded or any model trained
         base["config"] = OmegaConf.to_container(cfg, resolve=True)  # typed by validate
+        base["cpu_threads"] = set_cpu_threads(cfg.cpu_threads)
         logger = Logger(cfg, run_dir, name, group)
         stages = {"reference": run_reference, "ensemble": run_ensemble}
         result = stages.get(cfg.stage, run)(cfg, run_dir)
@@ -90,11 +129,26 @@ def print_summary(result: dict) -> None:
         log.info("  ".join(f"{v:>12.2f}" if isinstance(v, float) else f"{v:>12}" for v in row))
 
 
+class JobError(CompactHydraException):
+    """A sweep job's user error, as Hydra prints it at the sweep's end: its message alone."""
+
+
+def one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
-    group = Path(hc.sweep.dir).name if hc.mode.name == "MULTIRUN" else None
-    result = execute(cfg, Path(hc.runtime.output_dir), group)
+    sweep = hc.mode.name == "MULTIRUN"
+    try:
+        result = execute(cfg, Path(hc.runtime.output_dir),
+                         Path(hc.sweep.dir).name if sweep else None)
+    except USER_ERRORS as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        if sweep:  # the sweep's other jobs still run; Hydra exits non-zero at its end, and
+            raise JobError(one_line(err)) from None  # prints this one line, no traceback
+        sys.exit(2)
     print_summary(result)
     return result.get("avg_gap", 0.0)
 

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 import uuid
 from contextlib import contextmanager
@@ -69,6 +70,21 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+# Temp build dirs are named .tmp-<key>-<HOST>-<pid>-<random>, so a later build on the same host
+# can tell which were left by a killed process.
+HOST = socket.gethostname().replace("/", "_")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 # The build locks this process holds, as (root, kind, key).
@@ -128,7 +144,8 @@ class Cache:
 
     def _build(self, kind: str, key: str, spec: Mapping[str, Any],
                write: Callable[[Path], None]) -> None:
-        tmp = self.root / kind / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._remove_dead_builds(kind)
+        tmp = self.root / kind / f".tmp-{key}-{HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True)
         try:
             write(tmp)
@@ -143,6 +160,17 @@ class Cache:
                 else:
                     log.info("cache: %s/%s was built concurrently; using that copy", kind, key)
         finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _remove_dead_builds(self, kind: str) -> None:
+        """Remove the temp dirs that builds on this host left when they were killed (SIGKILL runs
+        no cleanup): those whose process is gone. Another host's are left alone, since its pids
+        mean nothing here."""
+        for tmp in (self.root / kind).glob(".tmp-*"):
+            host, _, rest = tmp.name[len(".tmp-") + 21:].rpartition("-")[0].rpartition("-")
+            if host != HOST or not rest.isdigit() or _alive(int(rest)):
+                continue
+            log.info("cache: removing %s, left by a killed build (pid %s)", tmp, rest)
             shutil.rmtree(tmp, ignore_errors=True)
 
     @contextmanager
@@ -193,11 +221,24 @@ class Cache:
 
     @staticmethod
     def _verify(directory: Path) -> str | None:
+        """Why the artifact in `directory` cannot be used, or None. Its manifest must be the one
+        this code writes, for this very key (an artifact copied under another key's name is
+        corrupt), and every file it lists must be there with its size and checksum."""
         try:
             manifest = json.loads((directory / MANIFEST).read_text())
         except (OSError, ValueError) as err:
             return f"unreadable manifest: {err}"
-        for name, meta in manifest["files"].items():
+        files = manifest.get("files") if isinstance(manifest, dict) else None
+        if (not isinstance(files, dict) or not files or "spec" not in manifest
+                or not all(isinstance(m, dict) and {"sha256", "bytes"} <= set(m)
+                           for m in files.values())):
+            return "the manifest is not an artifact's (no spec or no file list)"
+        if manifest.get("code_version") != CODE_VERSION:
+            return (f"written by code version {manifest.get('code_version')!r}, this is "
+                    f"{CODE_VERSION}")
+        if key_of(manifest["spec"]) != directory.name:
+            return f"its manifest describes key {key_of(manifest['spec'])}, not {directory.name}"
+        for name, meta in files.items():
             p = directory / name
             if not p.is_file():
                 return f"missing {name}"
@@ -206,7 +247,6 @@ class Cache:
             if _sha256(p) != meta["sha256"]:
                 return f"{name} checksum mismatch"
         return None
-
 
 def save_model(directory: Path, model: torch.nn.Module) -> None:
     torch.save(model.state_dict(), directory / "model.pt")

@@ -17,10 +17,12 @@ exits); without one, `fit` raises `Preempted`. Either way the run is recorded as
 (`is_preemption`). A signal that arrives after the last step is handled the same way at the end of
 `fit`, and one that arrives as training returns is passed on to the restored handler: none is lost.
 
-A checkpoint resumes only on the device type and torch version that wrote it (the generator states
-differ between them); on another, training starts over with a warning. The checkpoint stays after
-training ends: the cache removes the partial dir once the model is in place, so a job killed in
-between resumes at the end instead of starting over.
+A checkpoint resumes only on the device type, torch version and (on a CPU) intra-op thread count
+that wrote it (the generator states, or a CPU's floating-point reductions, differ between them); on
+another, training starts over with a warning. (The thread count is also in the model's cache key,
+so through the cache a resume at another count cannot happen; the check guards other callers.)
+The checkpoint stays after training ends: the cache removes the partial dir once the model is in
+place, so a job killed in between resumes at the end instead of starting over.
 
 The file is one sha256 hex digest line followed by the `torch.save` payload, written to a temp file
 and renamed into place: a reader sees the old checkpoint or the new one, and a damaged one is
@@ -78,7 +80,8 @@ class TrainCheckpoint:
         if state is None:
             return 0, 0
         device = next(model.parameters()).device
-        here = {"device_type": device.type, "torch": str(torch.__version__)}
+        here = {"device_type": device.type, "torch": str(torch.__version__),
+                "cpu_threads": torch.get_num_threads() if device.type == "cpu" else None}
         there = {k: state.get(k) for k in here}
         if there != here:
             log.warning("%s: the checkpoint was written with %s, this job runs %s: training "
@@ -119,6 +122,7 @@ class TrainCheckpoint:
         self._write({
             "tag": self.tag, "epoch": epoch, "step": step,
             "device_type": device.type, "torch": str(torch.__version__),
+            "cpu_threads": torch.get_num_threads() if device.type == "cpu" else None,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "epoch_rng": self._epoch_rng, "loss_total": loss_total.detach().cpu(),

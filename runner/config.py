@@ -11,7 +11,11 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import math
+import os
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Literal, Optional, get_args, get_origin
 
 import torch
@@ -123,7 +127,10 @@ def _typed(parent: DictConfig, key: str, schema: type, where: str) -> DictConfig
     try:
         typed = OmegaConf.merge(OmegaConf.structured(schema), parent[key])
     except OmegaConfBaseException as err:
-        raise ConfigError(f"{where}: {err}".splitlines()[0] + "\n" + str(err)) from None
+        name = getattr(err, "full_key", None) or getattr(err, "key", None)
+        at = f" ({key}.{name})" if name else ""
+        message = str(getattr(err, "msg", None) or err).splitlines()[0]
+        raise ConfigError(f"{where}{at}: {message}") from None
     with open_dict(parent):
         parent[key] = typed  # attached first: its interpolations resolve against the root
     missing = sorted(OmegaConf.missing_keys(parent[key]))
@@ -186,7 +193,7 @@ def instantiate_partial(node: DictConfig, where: str, n_positional: int) -> func
 # Ranges of hyper-parameters that share a name across methods, evaluators and recipes:
 # (lowest, highest, lowest included). None values are left to the target's own handling.
 RANGES = {
-    "epochs": (0, None, True), "batch_size": (1, None, True), "lr": (0.0, None, False),
+    "epochs": (1, None, True), "batch_size": (1, None, True), "lr": (0.0, None, False),
     "momentum": (0.0, 1.0, True), "weight_decay": (0.0, None, True),
     "decay_every": (1, None, True), "decay_gamma": (0.0, 1.0, False),
     "num_members": (1, None, True), "C": (0.0, None, False),
@@ -208,9 +215,80 @@ def _check_ranges(values: dict, where: str) -> None:
             raise ConfigError(f"{where}.{key} must be {bound}, got {value}")
 
 
+CONF = Path(__file__).resolve().parent.parent / "conf"
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+SEED_MAX = 2**32 - 1  # numpy's RandomState takes seeds in [0, 2**32 - 1]
+
+
+def top_level_keys() -> set[str]:
+    """The keys a composed config may have at its top: conf/config.yaml's own and its groups'.
+    A `+key=value` typo (`+sed=3`) adds one that nothing reads."""
+    primary = OmegaConf.load(CONF / "config.yaml")
+    keys = {k for k in primary if k != "defaults"} | {"hydra"}
+    for entry in primary.get("defaults", []):
+        if OmegaConf.is_config(entry) or isinstance(entry, dict):
+            for name in entry:
+                keys.add(str(name).split()[-1].lstrip("/"))
+    return keys
+
+
+def _check_finite(node: Any, where: str) -> None:
+    """NaN or inf anywhere in the config (`train.lr=nan`) passes every range check, since every
+    comparison with NaN is false; none of our parameters means anything at either."""
+    if OmegaConf.is_dict(node):
+        for k in node:
+            _check_finite(node[k], f"{where}.{k}" if where else str(k))
+    elif OmegaConf.is_list(node):
+        for i, v in enumerate(node):
+            _check_finite(v, f"{where}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{where} must be a finite number, got {node}")
+
+
+def _check_seed(value: Any, where: str, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
+        raise ConfigError(f"{where} must be an integer in [0, {SEED_MAX}]"
+                          f"{' or null' if optional else ''}, got {value!r}")
+
+
+def _check_writable_dir(value: Any, where: str) -> None:
+    """A directory the run will write into: given, and a directory that exists and is writable
+    or can be made (its nearest existing parent is a writable directory)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where} must be a directory path, got {value!r}")
+    path = Path(value).expanduser().absolute()
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{where}={value}: {probe} is a file, not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{where}={value}: {probe} is not writable")
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError on anything that would fail later; loads no data. The data-describing
     groups are replaced by their typed form (so `train.lr=1` is the float 1.0 everywhere)."""
+    unknown = sorted(set(cfg) - top_level_keys())
+    if unknown:
+        raise ConfigError(f"unknown top-level key(s) {unknown} (a +key=value typo?); the config "
+                          f"has {sorted(top_level_keys() - {'hydra'})}")
+    try:
+        resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"the config cannot be resolved: {getattr(err, 'msg', None) or err}"
+                          ) from None
+    _check_finite(resolved, "")
+    _check_seed(cfg.seed, "seed")
+    _check_seed(cfg.reference.seed, "reference.seed")
+    for key in ("cache_dir", "data_dir"):
+        _check_writable_dir(cfg.paths.get(key), f"paths.{key}")
+    threads = cfg.get("cpu_threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or threads < 1):
+        raise ConfigError(f"cpu_threads must be null or an integer >= 1, got {threads!r}")
     for key, schema in (("train", TrainRecipe), ("dataset", DatasetSpec), ("forget", ForgetSpec)):
         _typed(cfg, key, schema, f"config group '{key}'")
     ds, forget, train = cfg.dataset, cfg.forget, cfg.train
@@ -221,6 +299,9 @@ def validate(cfg: DictConfig) -> None:
         if n is not None and (n < ds.num_classes or n % ds.num_classes):
             raise ConfigError(f"dataset.subset.{split}={n}: must be a positive multiple of the "
                               f"{ds.num_classes} classes (the subset is class-balanced)")
+    _check_seed(ds.subset.seed, "dataset.subset.seed")
+    if forget.kind == "random":
+        _check_seed(forget.seed, "forget.seed")
     try:
         check_spec(forget, ds.num_classes)
     except SplitError as err:
@@ -250,6 +331,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("train.lookahead needs start_epochs >= 0, 0 < decay_base < 1, "
                           f"decay_pow >= 0 and every_n_steps >= 1, got {dict(la)}")
     aug = ds.augment
+    if aug.crop_pad < 0:
+        raise ConfigError(f"dataset.augment.crop_pad must be >= 0, got {aug.crop_pad}")
     if aug.pad_mode not in ("zeros", "reflect"):
         raise ConfigError(f"dataset.augment.pad_mode must be zeros or reflect, got {aug.pad_mode!r}")
     if aug.pad_mode == "reflect" and aug.crop_pad >= ds.image_size:
@@ -306,7 +389,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"logger.kind must be wandb or none, got {cfg.logger.kind!r}")
     if cfg.logger.kind == "wandb" and cfg.logger.mode not in LOGGER_MODES:
         raise ConfigError(f"logger.mode must be one of {LOGGER_MODES}, got {cfg.logger.mode!r}")
-    if not (cfg.device in ("auto", "cpu") or str(cfg.device).startswith("cuda")):
+    if not (isinstance(cfg.device, str) and DEVICE.fullmatch(cfg.device)):
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
     _check_model(cfg)
 

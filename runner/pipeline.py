@@ -25,6 +25,7 @@ from runner.config import ConfigError, instantiate_partial
 from runner.evaluate import EvalContext, avg_gap, predict
 from runner.reference import References, cached_logits
 from runner.shadows import Shadows
+from runner.train import check_finite
 from runner.trained import RunState, eval_batch_size, load_dataset, resolve_device, train_or_load
 
 log = logging.getLogger("runner")
@@ -109,6 +110,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         with state.stage("unlearn" + tag):
             torch.manual_seed(cfg.seed + k - 1)
             model = unlearn(copy.deepcopy(model), data).eval()
+            check_finite(model, f"method {cfg.method.name}")
         with state.stage("evaluate" + tag):
             ctx = EvalContext(
                 ds.train_x, ds.train_y, ds.test_x, ds.test_y, sub, ds.num_classes,

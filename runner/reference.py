@@ -27,7 +27,7 @@ from data import datasets
 from data.splits import keep_matrix
 from runner.cache import Cache, key_of
 from runner.evaluate import predict
-from runner.trained import RunState, eval_batch_size, model_spec, train_or_load
+from runner.trained import RunState, eval_batch_size, train_or_load, trained_spec
 
 log = logging.getLogger("runner")
 
@@ -93,8 +93,8 @@ class References:
             population, labels = self.ds.population
             logits = []
             for m in range(self.num_models):
-                key = key_of(model_spec(self.cfg, self.ds, np.flatnonzero(self.keep[m]), seed=m,
-                                        population=True))
+                key = key_of(trained_spec(self.cfg, self.ds, np.flatnonzero(self.keep[m]),
+                                          self.device, seed=m, population=True))
                 found = self.cache.load("logits", key_of(_logits_spec(key, self.ds.fingerprint)))
                 if found is None:
                     model, _ = self.model(m)

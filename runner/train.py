@@ -180,6 +180,21 @@ def make_scheduler(optimizer: torch.optim.Optimizer, *, name: str, epochs: int,
     raise ValueError(f"unknown schedule {name!r}; choose step, cosine, constant or triangle")
 
 
+class Diverged(ValueError):
+    """Training produced a non-finite loss or weights (typically: the learning rate is too high).
+    Such a model is never cached or evaluated."""
+
+
+def check_finite(model: torch.nn.Module, what: str) -> None:
+    """Raise Diverged if any floating-point weight or buffer of `model` is NaN or inf."""
+    bad = [name for name, t in model.state_dict().items()
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise Diverged(f"{what}: non-finite values in {bad[0]}"
+                       f"{f' and {len(bad) - 1} more tensors' if len(bad) > 1 else ''}; a lower "
+                       "learning rate may train")
+
+
 def fit(model: torch.nn.Module, batches: Iterable, *, epochs: int,
         optimizer: torch.optim.Optimizer, scheduler=None, loss_fn: LossFn = F.cross_entropy,
         grad_hook: GradHook | None = None, precision: str = "fp32",
@@ -228,7 +243,8 @@ def fit(model: torch.nn.Module, batches: Iterable, *, epochs: int,
                 scheduler.step()
             mean_loss = total.item() / max(len(batches), 1)  # one sync per epoch
             if not math.isfinite(mean_loss):
-                log.warning("%s: loss became %s in epoch %d", desc, mean_loss, epoch + 1)
+                raise Diverged(f"{desc}: the loss became {mean_loss} in epoch {epoch + 1} of "
+                               f"{epochs}; a lower learning rate may train")
             log.debug("%s epoch %d/%d loss %.4f", desc, epoch + 1, epochs, mean_loss)
         if isinstance(optimizer, EpochAwareSGD) and optimizer.clippers:
             optimizer.finish()  # the last clip moves the weights under the BN statistics:

@@ -5,6 +5,7 @@ reference-model stage share these."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from data.splits import index_digest
 from runner.cache import Cache, code_fingerprint, key_of, load_model, save_model
 from runner.checkpoint import TrainCheckpoint
 from runner.config import CLIP_KEYS, ConfigError, build_model
-from runner.train import train_from_scratch
+from runner.train import check_finite, train_from_scratch
 
 log = logging.getLogger("runner")
 
@@ -61,6 +62,17 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name} but no CUDA device is available")
     return device
+
+
+def set_cpu_threads(count: int | None) -> int:
+    """Fix torch's intra-op thread count for the run and return it: `count`, or (None) every CPU
+    this process may run on (its affinity mask, which launchers leave alone, unlike the
+    OMP_NUM_THREADS that joblib sets to 1 in its workers). On a CPU, a model's bytes depend on the
+    thread count, so it is part of every CPU-trained model's cache key (`train_or_load`): each
+    launcher trains the same model for the same config, and another count is another model."""
+    n = count if count is not None else len(os.sched_getaffinity(0))
+    torch.set_num_threads(n)
+    return torch.get_num_threads()
 
 
 def load_dataset(cfg: DictConfig) -> datasets.Dataset:
@@ -117,6 +129,18 @@ def model_spec(cfg: DictConfig, ds: datasets.Dataset, train_idx: np.ndarray, *,
     return spec
 
 
+def trained_spec(cfg: DictConfig, ds: datasets.Dataset, train_idx: np.ndarray,
+                 device: torch.device, *, seed: int | None = None, population: bool = False,
+                 extra_spec: dict | None = None) -> dict:
+    """The cache spec of a model `train_or_load` trains on `device`: `model_spec`, `extra_spec`
+    and, on a CPU, the intra-op thread count (a CPU's floating-point reductions depend on it)."""
+    spec = {**model_spec(cfg, ds, np.sort(train_idx), seed=seed, population=population),
+            **(extra_spec or {})}
+    if device.type == "cpu":
+        spec["cpu_threads"] = torch.get_num_threads()
+    return spec
+
+
 def new_model(cfg: DictConfig, device: torch.device, seed: int) -> torch.nn.Module:
     """The run's architecture initialized from `seed`, on `device`, in the recipe's memory format."""
     torch.manual_seed(seed)
@@ -150,8 +174,8 @@ def train_or_load(cfg: DictConfig, cache: Cache, kind: str, ds: datasets.Dataset
     train_idx = np.sort(train_idx)  # the key is order-free, so the training order must be too
     seed = cfg.seed if seed is None else seed
     model = new_model(cfg, device, seed) if model is None else model
-    spec = {**model_spec(cfg, ds, train_idx, seed=seed, population=population),
-            **(extra_spec or {})}
+    spec = trained_spec(cfg, ds, train_idx, device, seed=seed, population=population,
+                        extra_spec=extra_spec)
     key = key_of(spec)
 
     def write(directory: Path) -> None:
@@ -162,6 +186,7 @@ def train_or_load(cfg: DictConfig, cache: Cache, kind: str, ds: datasets.Dataset
                                       tag=f"{kind}/{key}") if partial else None)
         fit_new_model(cfg, model, x[idx], y[idx], seed, desc=desc or kind, checkpoint=checkpoint,
                       loss_fn=loss_fn)
+        check_finite(model, desc or kind)  # a diverged model is never cached
         save_model(directory, model)
 
     path, _, hit = cache.get_or_build(kind, spec, write)

@@ -285,3 +285,19 @@ def test_bad_arguments_list_valid_choices(tmp_path: Path, kwargs: dict, match: s
     kwargs.setdefault("root", tmp_path)
     with pytest.raises(DatasetError, match=match):
         datasets.load(**kwargs)
+
+
+def test_one_layout_whatever_the_source():
+    """One-channel images decoded from (N, H, W, 1) have strides that torch also reads as
+    channels_last; a Dataset stores them in the standard layout, as the dataset cache loads them,
+    so a run on freshly decoded data trains and infers exactly like a rerun from the cache."""
+    from data.dataset import Dataset, fingerprint_of
+
+    hwc = torch.arange(2 * 8 * 8, dtype=torch.int64).remainder(256).to(torch.uint8)
+    x = hwc.reshape(2, 8, 8, 1).permute(0, 3, 1, 2)
+    assert x.is_contiguous() and x.stride() == (64, 1, 8, 1)
+    y = torch.tensor([0, 1])
+    ds = Dataset("t", x, y, x.clone(), y.clone(), classes=("a", "b"),
+                 fingerprint=fingerprint_of(x, y, x, y))
+    assert ds.train_x.stride() == ds.test_x.stride() == (64, 64, 8, 1)
+    assert torch.equal(ds.train_x, x)
