@@ -20,10 +20,13 @@ variances) is left out.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from attacks.signals import lira_phi
+from runner.typed import Range
 
 MIN_STD = 1e-6  # keeps a zero sample variance from producing an infinite likelihood
 
@@ -60,7 +63,7 @@ def distinguish(pos: np.ndarray, neg: np.ndarray) -> dict[str, float]:
     return {"ulira_auc": float(roc_auc_score(labels, scores) * 100.0), "ulira_acc": float(acc * 100.0)}
 
 
-def ulira(model, ctx, *, num_shadows: int, fix_variance: bool) -> dict[str, float]:
+def ulira(model, ctx, *, num_shadows: Annotated[int, Range(ge=2)], fix_variance: bool) -> dict[str, float]:
     """U-LiRA of `model` against the run's oracle on D_F (see the module docstring), with the
     first `num_shadows` reference models as shadows (`ctx.shadows`)."""
     shadows = ctx.shadows(num_shadows)

@@ -24,6 +24,8 @@ import torch
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.svm import SVC
 
+from runner.typed import Positive
+
 log = logging.getLogger("attacks.mia_nn")
 
 
@@ -59,7 +61,7 @@ def _probs(logits: torch.Tensor) -> np.ndarray:
     return torch.softmax(logits.double(), dim=1).cpu().numpy()
 
 
-def mia_nn(model, ctx, *, num_neighbors: int, C: float, folds: int, seed: int) -> dict[str, float]:
+def mia_nn(model, ctx, *, num_neighbors: int, C: Positive, folds: int, seed: int) -> dict[str, float]:
     """MIA-NN of `model` on the run's forgotten class (see the module docstring)."""
     if ctx.split.kind != "class":
         return {}

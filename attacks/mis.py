@@ -15,6 +15,7 @@ import torch
 from sklearn.svm import SVC
 
 from attacks.signals import true_softmax
+from runner.typed import Count, Positive
 
 
 def true_label_confidence(logits: torch.Tensor, y: torch.Tensor) -> np.ndarray:
@@ -31,7 +32,7 @@ def mia_efficacy_score(member: np.ndarray, nonmember: np.ndarray, target: np.nda
     return float(np.mean(svc.predict(target.reshape(-1, 1)) == 0) * 100.0)
 
 
-def mia_efficacy(model: torch.nn.Module, ctx, *, num_members: int | None, C: float,
+def mia_efficacy(model: torch.nn.Module, ctx, *, num_members: Count | None, C: Positive,
                  seed: int) -> dict[str, float]:
     """MIA-efficacy of `model` on the run's forget set (see the module docstring)."""
     conf = {s: true_label_confidence(ctx.logits(model, s), ctx.labels(s))

@@ -20,6 +20,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from attacks.signals import taylor_soft_margin
+from runner.typed import Count, Positive
 
 PAIRS = {"ft": ("forget", "test"), "fr": ("retain", "forget"), "rt": ("retain", "test")}
 LOW_FPRS = {"1": 0.01, "0p1": 0.001}  # metric name tags: 1 % and 0.1 %
@@ -69,7 +70,8 @@ def balanced_metrics(scores: dict[str, np.ndarray], seeds=(0, 1, 2)) -> dict[str
     return {k: float(np.mean(v) * 100.0) for k, v in out.items()}
 
 
-def rmia(model, ctx, *, gamma: float, temperature: float, margin: float, terms: int) -> dict[str, float]:
+def rmia(model, ctx, *, gamma: Positive, temperature: Positive, margin: float,
+         terms: Count) -> dict[str, float]:
     """RMIA's FT / FR / RT AUCs and FT TPR at low FPR of `model` (see the module docstring). The
     reference models' outputs come from the run's cache (`ctx.reference()`)."""
     ref = ctx.reference()

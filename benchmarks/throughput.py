@@ -38,7 +38,8 @@ from attacks.pgd import pgd_doubling
 from benchmarks.common import MODELS, cifar_shaped, device_name, summary, timed, write
 from data.loader import Augment, Batches
 from runner.evaluate import predict
-from runner.train import fit, sgd
+from runner.optim import sgd
+from runner.train import fit
 from runner.trained import EVAL_BATCH
 
 WARMUP = 2

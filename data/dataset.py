@@ -5,12 +5,71 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import torch
+from omegaconf import MISSING
+
+from runner.typed import Seed
 
 from .splits import balanced_indices
+
+
+# The `dataset` config group's schema (runner.typed). Every field is required: the YAML is the
+# only source of values, and a key deleted from it fails validation instead of being filled.
+@dataclass
+class AugmentSpec:
+    """data.loader.Augment, as the config gives it."""
+
+    crop_pad: int = MISSING
+    flip: bool = MISSING
+    pad_mode: str = MISSING
+
+    def __post_init__(self) -> None:
+        if self.crop_pad < 0:
+            raise ValueError(f"dataset.augment.crop_pad must be >= 0, got {self.crop_pad}")
+        if self.pad_mode not in ("zeros", "reflect"):
+            raise ValueError(f"dataset.augment.pad_mode must be zeros or reflect, got "
+                             f"{self.pad_mode!r}")
+
+
+@dataclass
+class SubsetSpec:
+    """A class-balanced subset of each split (null: the whole split)."""
+
+    train: Optional[int] = MISSING
+    test: Optional[int] = MISSING
+    seed: Seed = MISSING
+
+
+@dataclass
+class DatasetSpec:
+    name: str = MISSING
+    source: str = MISSING
+    root: str = MISSING
+    download: bool = MISSING
+    options: dict = field(default_factory=dict)
+    channels: int = MISSING
+    image_size: int = MISSING
+    num_classes: int = MISSING
+    mean: list = MISSING
+    std: list = MISSING
+    augment: AugmentSpec = MISSING
+    subset: SubsetSpec = MISSING
+
+    def __post_init__(self) -> None:
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ValueError(f"dataset.mean/std need {self.channels} values (one per channel)")
+        for split in ("train", "test"):
+            n = getattr(self.subset, split)
+            if n is not None and (n < self.num_classes or n % self.num_classes):
+                raise ValueError(f"dataset.subset.{split}={n}: must be a positive multiple of "
+                                 f"the {self.num_classes} classes (the subset is class-balanced)")
+        if self.augment.pad_mode == "reflect" and self.augment.crop_pad >= self.image_size:
+            raise ValueError(f"dataset.augment: reflect padding needs crop_pad < image_size "
+                             f"({self.image_size}), got {self.augment.crop_pad}")
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: tensors have no boolean ==; compare fingerprints

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
+from omegaconf import MISSING
+
+from runner.typed import Seed
 
 
 class SplitError(ValueError):
@@ -35,6 +39,18 @@ class Split:
 def index_digest(idx: np.ndarray) -> str:
     """sha256 of a set of indices (order-free): identifies a training subset in cache keys."""
     return hashlib.sha256(np.sort(np.asarray(idx)).astype(np.int64).tobytes()).hexdigest()
+
+
+@dataclass
+class ForgetSpec:
+    """The `forget` config group's schema (runner.typed): `random` takes fraction or count and
+    seed, `class` takes class_id (checked against the dataset by `check_spec`)."""
+
+    kind: str = MISSING
+    fraction: Optional[float] = None
+    count: Optional[int] = None
+    seed: Optional[Seed] = None
+    class_id: Optional[int] = None
 
 
 def check_spec(spec, num_classes: int) -> None:

@@ -21,12 +21,13 @@ from data.loader import to_float
 from methods.common import UnlearnData
 from methods.salun import Accumulation, data_mask, mask_hook
 from runner.train import finetune
+from runner.typed import BatchSize, DecayGamma, Epochs, LR, Momentum, NonNegative, Ratio
 
 
-def unlearn(model: torch.nn.Module, data: UnlearnData, *, adv_only: bool, salun_ratio: float | None,
-            salun_accumulation: Accumulation, epochs: int, lr: float, momentum: float,
-            weight_decay: float, batch_size: int,
-            decay_every: int, decay_gamma: float) -> torch.nn.Module:
+def unlearn(model: torch.nn.Module, data: UnlearnData, *, adv_only: bool, salun_ratio: Ratio | None,
+            salun_accumulation: Accumulation, epochs: Epochs, lr: LR, momentum: Momentum,
+            weight_decay: NonNegative, batch_size: BatchSize, decay_every: Epochs,
+            decay_gamma: DecayGamma) -> torch.nn.Module:
     if data.adversarial is None:
         raise ValueError("amun needs the adversarial set; the runner builds it for methods that "
                          "set unlearn.needs_adversarial")

@@ -19,6 +19,7 @@ from torch import nn
 
 from methods.common import RetainPass, UnlearnData, with_retain_pass
 from runner.train import finetune
+from runner.typed import BatchSize, DecayGamma, Epochs, LR, Momentum, NonNegative
 
 
 def _resized(fc: nn.Linear, out_features: int) -> nn.Linear:
@@ -44,9 +45,10 @@ def _prune(fc: nn.Linear) -> nn.Linear:
     return _resized(fc, fc.out_features - 1)
 
 
-def unlearn(model: torch.nn.Module, data: UnlearnData, *, epochs: int, lr: float, momentum: float,
-            weight_decay: float, batch_size: int, decay_every: int,
-            decay_gamma: float, retain_pass: RetainPass) -> torch.nn.Module:
+def unlearn(model: torch.nn.Module, data: UnlearnData, *, epochs: Epochs, lr: LR,
+            momentum: Momentum, weight_decay: NonNegative, batch_size: BatchSize,
+            decay_every: Epochs, decay_gamma: DecayGamma,
+            retain_pass: RetainPass) -> torch.nn.Module:
     model.fc = _expand(model.fc)
     shadow = torch.full_like(data.forget_y, data.num_classes)
     stream = with_retain_pass(data, data.stream(data.forget_x, shadow, batch_size), batch_size,

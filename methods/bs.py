@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from data.loader import to_float
 from methods.common import RetainPass, UnlearnData, with_retain_pass
 from runner.train import finetune
+from runner.typed import BatchSize, DecayGamma, Epochs, LR, Momentum, NonNegative, Positive
 
 log = logging.getLogger("methods.bs")
 
@@ -97,9 +98,10 @@ class EpochCopyLabels:
             self.kept.append(kept)
 
 
-def unlearn(model: torch.nn.Module, data: UnlearnData, *, epochs: int, lr: float, momentum: float,
-            weight_decay: float, batch_size: int, decay_every: int, decay_gamma: float,
-            bound: float, labels: LabelSource, retain_pass: RetainPass) -> torch.nn.Module:
+def unlearn(model: torch.nn.Module, data: UnlearnData, *, epochs: Epochs, lr: LR,
+            momentum: Momentum, weight_decay: NonNegative, batch_size: BatchSize,
+            decay_every: Epochs, decay_gamma: DecayGamma, bound: Positive, labels: LabelSource,
+            retain_pass: RetainPass) -> torch.nn.Module:
     if labels == "original":
         new_y = shrink_labels(model, data.forget_x, data.forget_y, bound=bound,
                               batch_size=batch_size)

@@ -7,11 +7,12 @@ import torch
 
 from methods.common import UnlearnData
 from runner.train import finetune
+from runner.typed import BatchSize, DecayGamma, Epochs, LR, Momentum, NonNegative
 
 
-def unlearn(model: torch.nn.Module, data: UnlearnData, *, epochs: int, lr: float, momentum: float,
-            weight_decay: float, batch_size: int, decay_every: int,
-            decay_gamma: float) -> torch.nn.Module:
+def unlearn(model: torch.nn.Module, data: UnlearnData, *, epochs: Epochs, lr: LR,
+            momentum: Momentum, weight_decay: NonNegative, batch_size: BatchSize,
+            decay_every: Epochs, decay_gamma: DecayGamma) -> torch.nn.Module:
     x, y = data.retain("ft")
     return finetune(model, data.stream(x, y, batch_size), epochs=epochs, lr=lr, momentum=momentum,
                     weight_decay=weight_decay, decay_every=decay_every, decay_gamma=decay_gamma,

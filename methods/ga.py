@@ -11,10 +11,12 @@ import torch
 
 from methods.common import RetainPass, UnlearnData, with_retain_pass
 from runner.train import finetune
+from runner.typed import BatchSize, DecayGamma, Epochs, LR, Momentum, NonNegative
 
 
-def unlearn(model: torch.nn.Module, data: UnlearnData, *, epochs: int, lr: float, momentum: float,
-            weight_decay: float, batch_size: int, decay_every: int, decay_gamma: float,
+def unlearn(model: torch.nn.Module, data: UnlearnData, *, epochs: Epochs, lr: LR,
+            momentum: Momentum, weight_decay: NonNegative, batch_size: BatchSize,
+            decay_every: Epochs, decay_gamma: DecayGamma,
             retain_pass: RetainPass) -> torch.nn.Module:
     ascent = data.stream(data.forget_x, data.forget_y, batch_size, sign=-1.0)
     return finetune(model, with_retain_pass(data, ascent, batch_size, retain_pass), epochs=epochs,

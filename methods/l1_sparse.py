@@ -24,6 +24,7 @@ import torch
 
 from methods.common import UnlearnData
 from runner.train import GradHook, finetune
+from runner.typed import BatchSize, DecayGamma, Epochs, LR, Momentum, NonNegative
 
 AlphaSchedule = Literal["compounding", "linear"]
 
@@ -64,9 +65,10 @@ def l1_hook(*, alpha: float, steps_per_epoch: int, epochs: int,
     return hook
 
 
-def unlearn(model: torch.nn.Module, data: UnlearnData, *, epochs: int, lr: float, momentum: float,
-            weight_decay: float, batch_size: int, decay_every: int, decay_gamma: float,
-            alpha: float, alpha_schedule: AlphaSchedule) -> torch.nn.Module:
+def unlearn(model: torch.nn.Module, data: UnlearnData, *, epochs: Epochs, lr: LR,
+            momentum: Momentum, weight_decay: NonNegative, batch_size: BatchSize,
+            decay_every: Epochs, decay_gamma: DecayGamma, alpha: NonNegative,
+            alpha_schedule: AlphaSchedule) -> torch.nn.Module:
     x, y = data.retain("l1_sparse")
     stream = data.stream(x, y, batch_size)
     hook = l1_hook(alpha=alpha, steps_per_epoch=len(stream), epochs=epochs,

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from data.loader import Augment, augment_batch, to_float
 from methods.common import UnlearnData, random_label_stream
 from runner.train import GradHook, finetune
+from runner.typed import BatchSize, DecayGamma, Epochs, Fraction, LR, Momentum, NonNegative
 
 Accumulation = Literal["batch_mean", "exact"]
 
@@ -122,9 +123,10 @@ def data_mask(model: torch.nn.Module, data: UnlearnData, *, ratio: float, batch_
 MASK_SALT = 7  # the mask's augmentation draws apart from the fine-tuning streams' (salts 0, 1)
 
 
-def unlearn(model: torch.nn.Module, data: UnlearnData, *, epochs: int, lr: float, momentum: float,
-            weight_decay: float, batch_size: int, decay_every: int, decay_gamma: float,
-            ratio: float, mask_accumulation: Accumulation) -> torch.nn.Module:
+def unlearn(model: torch.nn.Module, data: UnlearnData, *, epochs: Epochs, lr: LR,
+            momentum: Momentum, weight_decay: NonNegative, batch_size: BatchSize,
+            decay_every: Epochs, decay_gamma: DecayGamma, ratio: Fraction,
+            mask_accumulation: Accumulation) -> torch.nn.Module:
     """SalUn: RL fine-tuning with gradients restricted to the salient `ratio` of the weights. The
     mask is computed once, on the original model, before any update."""
     mask = data_mask(model, data, ratio=ratio, batch_size=batch_size,

@@ -23,6 +23,7 @@ from torch import nn
 from data.loader import Concat
 from methods.common import UnlearnData
 from runner.train import finetune
+from runner.typed import BatchSize, DecayGamma, Epochs, LR, Momentum, NonNegative, Positive
 
 FORGET = -1  # the label that marks a max-step (D_F) batch for the loss
 
@@ -66,10 +67,10 @@ class FirstEpochs:
         return iter(self.stream) if self.epoch <= self.n else iter(())
 
 
-def unlearn(model: torch.nn.Module, data: UnlearnData, *, max_steps: int, alpha: float,
-            gamma: float, temperature: float, epochs: int, lr: float, momentum: float,
-            weight_decay: float, batch_size: int, decay_every: int,
-            decay_gamma: float) -> torch.nn.Module:
+def unlearn(model: torch.nn.Module, data: UnlearnData, *, max_steps: int, alpha: NonNegative,
+            gamma: Positive, temperature: Positive, epochs: Epochs, lr: LR, momentum: Momentum,
+            weight_decay: NonNegative, batch_size: BatchSize, decay_every: Epochs,
+            decay_gamma: DecayGamma) -> torch.nn.Module:
     retain_x, retain_y = data.retain("scrub")
     pair = StudentTeacher(model)
     classes = data.num_classes

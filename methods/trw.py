@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from data.loader import to_float
 from methods.common import UnlearnData, with_retain_pass
 from runner.train import finetune
+from runner.typed import BatchSize, Count, DecayGamma, Epochs, LR, Momentum, NonNegative, Positive
 
 
 def class_cosines(weight: torch.Tensor, *, pca_dim: int) -> torch.Tensor:
@@ -61,9 +62,10 @@ def tilted_target(probs: torch.Tensor, forget_class: int, similarity: torch.Tens
     return (q / q.sum(dim=1, keepdim=True)).float()
 
 
-def unlearn(model: torch.nn.Module, data: UnlearnData, *, beta: float, pca_dim: int | None,
-            temperature: float, epochs: int, lr: float, momentum: float, weight_decay: float,
-            batch_size: int, decay_every: int, decay_gamma: float) -> torch.nn.Module:
+def unlearn(model: torch.nn.Module, data: UnlearnData, *, beta: NonNegative, pca_dim: Count | None,
+            temperature: Positive, epochs: Epochs, lr: LR, momentum: Momentum,
+            weight_decay: NonNegative, batch_size: BatchSize, decay_every: Epochs,
+            decay_gamma: DecayGamma) -> torch.nn.Module:
     classes = torch.unique(data.forget_y)
     if len(classes) != 1:
         raise ValueError("trw forgets one whole class (forget=class); this forget set has labels "

@@ -7,20 +7,59 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from attacks.pgd import auto_eps_init, fgsm_doubling, pgd_doubling
 from data.loader import to_float
 from runner.cache import Cache, code_fingerprint
+from runner.typed import BatchSize, ConfigError, Positive, Range, Steps, typed
 
 log = logging.getLogger("runner")
 AUTO_SAMPLES = 100  # the paper picks eps_init on about 100 forget samples
 _HERE = Path(__file__).resolve()
 # The code that determines an adversarial set; taken at import, like the training code's.
 ATTACK_CODE = code_fingerprint([_HERE, _HERE.parent.parent / "attacks" / "pgd.py"])
+
+
+@dataclass
+class AttackSpec:
+    """The schema of a method's `attack` node (runner.typed): how D_A is built."""
+
+    kind: str = MISSING          # pgd | fgsm
+    norm: str = MISSING          # l2 | linf
+    eps_init: Any = MISSING      # a positive number or "auto"
+    auto_base: Positive = MISSING
+    steps: Steps = MISSING
+    max_doublings: Annotated[int, Range(ge=0)] = MISSING
+    batch_size: BatchSize = MISSING
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("pgd", "fgsm") or self.norm not in ("l2", "linf"):
+            raise ValueError("method.attack.kind must be pgd or fgsm and norm l2 or linf, got "
+                             f"{self.kind!r} and {self.norm!r}")
+        eps = self.eps_init
+        if eps == "auto" and self.kind != "pgd":
+            raise ValueError("method.attack.eps_init=auto searches with PGD; give fgsm a number")
+        if eps != "auto" and (isinstance(eps, bool) or not isinstance(eps, (int, float))
+                              or eps <= 0):
+            raise ValueError(f"method.attack.eps_init must be a positive number or auto, got "
+                             f"{eps!r}")
+
+
+def check_method(method: DictConfig) -> None:
+    """A method that trains on an adversarial set: its `attack` block typed and sane, and where
+    its D_A comes from with sequential requests."""
+    if "attack" not in method:
+        raise ConfigError(f"method {method.name} needs an `attack` block (see conf/method/amun.yaml)")
+    if method.get("adversarial_from") not in ("original", "current"):
+        raise ConfigError("method.adversarial_from must be original (reuse the original model's "
+                          "adversarial set) or current (rebuild it per request), got "
+                          f"{method.get('adversarial_from')!r}")
+    typed(method, "attack", AttackSpec, "method.attack", prefix="method.attack")
 
 
 def _attack(attack: DictConfig, model, x, y, eps_init: float):

@@ -28,12 +28,38 @@ from models.ensemble import Ensemble, Mean, ensemble_loss, lotos_penalty, stretc
 from models.fastclip import spectral_norms
 from runner.cache import Cache
 from runner.evaluate import predict
+from runner.typed import ConfigError
 from runner.trained import (RunState, eval_batch_size, load_dataset, new_model, resolve_device,
                             train_or_load)
 
 log = logging.getLogger("runner")
 
 ATTACK_SEED = 0  # draws the attacked test images
+
+
+def check(cfg: DictConfig) -> None:
+    """`ensemble` and the model it trains: the members, LOTOS and the attack sane."""
+    e = cfg.ensemble
+    a = e.attack
+    if isinstance(e.members, bool) or not isinstance(e.members, int) or e.members < 2:
+        raise ConfigError(f"ensemble.members must be an integer >= 2, got {e.members!r}")
+    numbers = {"lotos_weight": e.lotos_weight, "lotos_mal": e.lotos_mal, "attack.eps": a.eps,
+               "attack.step_ratio": a.step_ratio}
+    integers = {"attack.steps": a.steps, "attack.n": a.n}
+    for name, value in [*numbers.items(), *integers.items()]:
+        kind, what = ((int, float), "a number") if name in numbers else (int, "an integer")
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise ConfigError(f"ensemble.{name} must be {what}, got {value!r}")
+    if not (e.lotos_weight >= 0 and e.lotos_mal >= 0):
+        raise ConfigError(f"ensemble.lotos_weight and lotos_mal must be >= 0, got "
+                          f"{e.lotos_weight} and {e.lotos_mal}")
+    if e.lotos_weight and cfg.model.get("clip") is None:
+        raise ConfigError("ensemble.lotos_weight > 0: LOTOS works on the singular vectors FastClip "
+                          "keeps, so it needs clipped members (model.clip=1.0, say)")
+    if a.norm not in ("l2", "linf") or not a.eps > 0 or not a.step_ratio > 0 or a.steps < 1 \
+            or a.n < 1:
+        raise ConfigError(f"ensemble.attack needs norm l2 or linf, eps > 0, step_ratio > 0, "
+                          f"steps >= 1 and n >= 1, got {dict(a)}")
 
 
 def transfer_rate(correct_s: torch.Tensor, correct_t: torch.Tensor, fooled_s: torch.Tensor,

@@ -21,11 +21,12 @@ from methods.common import UnlearnData
 from models.fastclip import spectral_norms
 from runner import adversarial
 from runner.cache import Cache, state_digest
-from runner.config import ConfigError, instantiate_partial
+from runner.config import METHOD_KEYS
 from runner.evaluate import EvalContext, avg_gap, predict
 from runner.reference import References, cached_logits
 from runner.shadows import Shadows
 from runner.train import check_finite
+from runner.typed import ConfigError, partial_of
 from runner.trained import RunState, eval_batch_size, load_dataset, resolve_device, train_or_load
 
 log = logging.getLogger("runner")
@@ -62,8 +63,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     with state.stage("original"):
         original = train_or_load(cfg, cache, "original", ds, np.arange(len(ds.train_y)), device, state)
 
-    unlearn = instantiate_partial(cfg.method, "method", n_positional=2)
-    evaluators = [instantiate_partial(node, f"eval.evaluators.{name}", n_positional=2)
+    unlearn = partial_of(cfg.method, "method", 2, METHOD_KEYS)
+    evaluators = [partial_of(node, f"eval.evaluators.{name}", 2)
                   for name, node in cfg.eval.evaluators.items()]
     # Built on first use: a run whose evaluators need no reference model trains none.
     refs = References(cfg, cache, ds, device)

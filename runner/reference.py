@@ -28,8 +28,20 @@ from data.splits import keep_matrix
 from runner.cache import Cache, key_of
 from runner.evaluate import predict
 from runner.trained import RunState, eval_batch_size, train_or_load, trained_spec
+from runner.typed import ConfigError, check_value, Seed
 
 log = logging.getLogger("runner")
+
+
+def check(ref: DictConfig) -> None:
+    """The `reference` block: an even number of models, a valid index, a seed."""
+    if not isinstance(ref.num_models, int) or ref.num_models < 2 or ref.num_models % 2:
+        raise ConfigError(f"reference.num_models must be an even integer >= 2 (each sample is IN "
+                          f"for exactly half), got {ref.num_models!r}")
+    if ref.index is not None and not (isinstance(ref.index, int) and 0 <= ref.index < ref.num_models):
+        raise ConfigError(f"reference.index must be null or in [0, {ref.num_models - 1}], "
+                          f"got {ref.index!r}")
+    check_value(ref.seed, Seed, "reference.seed")
 
 
 def _logits_spec(model_key: str, dataset_fingerprint: str) -> dict:

@@ -20,8 +20,10 @@ from data.loader import Augment, Batches
 from data.splits import index_digest
 from runner.cache import Cache, code_fingerprint, key_of, load_model, save_model
 from runner.checkpoint import TrainCheckpoint
-from runner.config import CLIP_KEYS, ConfigError, build_model
+from models.build import CLIP_KEYS, build_model
+from runner.recipe import schedule_spec
 from runner.train import check_finite, train_from_scratch
+from runner.typed import ConfigError
 
 log = logging.getLogger("runner")
 
@@ -104,10 +106,8 @@ def model_spec(cfg: DictConfig, ds: datasets.Dataset, train_idx: np.ndarray, *,
     """Exactly what determines a model trained from scratch: the cache key's content.
     `population`: train_idx indexes train + test (reference models), not the training set."""
     recipe = OmegaConf.to_container(cfg.train, resolve=True)
-    schedule = recipe.pop("schedule")
     # Only the schedule's own parameters: a cosine schedule's unused step_size changes nothing.
-    own = {"step": ("step_size", "gamma"), "triangle": ("warmup", "start", "end")}
-    recipe["schedule"] = {k: schedule[k] for k in ("name", *own.get(schedule["name"], ()))}
+    recipe["schedule"] = schedule_spec(recipe["schedule"])
     model = OmegaConf.to_container(cfg.model, resolve=True)
     model.pop("tta", None)  # test-time augmentation changes no weight: one cached model serves all
     if model.get("clip") is None:  # how a clipping would run matters only when there is one

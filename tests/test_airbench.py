@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from data.loader import Batches
 from models.airbench import AirbenchNet
 from runner.__main__ import execute
-from runner.train import fit, make_scheduler, sgd, triangle
+from runner.optim import sgd
+from runner.recipe import make_scheduler, triangle
+from runner.train import fit
 from tests.conftest import FAST
 
 
@@ -188,7 +190,7 @@ def _reference_lookahead_run(model, data, *, lr, steps_per_epoch, epochs, la, li
 
 
 def test_epoch_aware_sgd_is_airbenchs_lookahead_and_bias_freeze():
-    from runner.train import EpochAwareSGD
+    from runner.optim import EpochAwareSGD
     torch.manual_seed(0)
     data = [(torch.randn(16, 3), torch.randint(0, 2, (16,))) for _ in range(4)]  # 4 steps/epoch
     la = dict(start_epochs=1, decay_base=0.9, decay_pow=2.0, every_n_steps=3)

@@ -17,7 +17,9 @@ from runner.cache import Cache
 from runner.checkpoint import Preempted, TrainCheckpoint
 from runner.config import ConfigError, validate
 from models.fastclip import ClipSpec, attach
-from runner.train import fit, make_scheduler, sgd
+from runner.optim import sgd
+from runner.recipe import make_scheduler
+from runner.train import fit
 
 EPOCHS = 3
 _digits = load_digits()

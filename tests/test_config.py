@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-from runner.config import ConfigError, build_model, validate
+from models.build import build_model
+from runner.config import ConfigError, validate
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 REPO = CONF.parent

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from models.fastclip import PowerQR, clip_layer, clippers_of, linear_part, spectral_norms
-from runner.config import ConfigError, build_model, validate
+from models.build import build_model
+from runner.config import ConfigError, validate
 from runner.train import finetune
 from runner.trained import load_dataset, fit_new_model, new_model
 

@@ -2,7 +2,9 @@ import torch
 import torch.nn.functional as F
 
 from data.loader import Batches
-from runner.train import finetune, fit, make_scheduler, sgd
+from runner.optim import sgd
+from runner.recipe import make_scheduler
+from runner.train import finetune, fit
 
 
 def _problem(seed=0, n=256):
