@@ -81,4 +81,4 @@ def ulira(model, ctx, *, num_shadows: Annotated[int, Range(ge=2)], fix_variance:
 
 
 ulira.metric_names = ("ulira_auc", "ulira_acc")
-ulira.needs_shadows = True
+ulira.uses = ("shadows",)  # ctx.shadows(num_shadows): the U-LiRA shadows (runner.shadows)

@@ -95,7 +95,7 @@ def rmia(model, ctx, *, gamma: Positive, temperature: Positive, margin: float,
 
 rmia.metric_names = ("rmia_ft_auc", "rmia_fr_auc", "rmia_rt_auc", "rmia_ft_tpr_at_1pct_fpr",
                      "rmia_ft_tpr_at_0p1pct_fpr")
-rmia.needs_reference = True
+rmia.uses = ("reference",)  # ctx.reference(): the run's reference models (runner.reference)
 
 
 def plot_roc(groups: dict[str, np.ndarray], path: Path, title: str) -> None:

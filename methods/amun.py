@@ -20,6 +20,7 @@ import torch
 from data.loader import to_float
 from methods.common import UnlearnData
 from methods.salun import Accumulation, data_mask, mask_hook
+from runner.adversarial import AdversarialSets
 from runner.train import finetune
 from runner.typed import BatchSize, DecayGamma, Epochs, LR, Momentum, NonNegative, Ratio
 
@@ -30,7 +31,7 @@ def unlearn(model: torch.nn.Module, data: UnlearnData, *, adv_only: bool, salun_
             decay_gamma: DecayGamma) -> torch.nn.Module:
     if data.adversarial is None:
         raise ValueError("amun needs the adversarial set; the runner builds it for methods that "
-                         "set unlearn.needs_adversarial")
+                         "declare unlearn.prepares = (AdversarialSets,)")
     adv_x, adv_y = data.adversarial
     if len(adv_y) == 0:
         raise ValueError("amun: the attack fooled the original model on no forget sample, so D_A "
@@ -51,4 +52,5 @@ def unlearn(model: torch.nn.Module, data: UnlearnData, *, adv_only: bool, salun_
                     precision=data.precision, desc="amun")
 
 
-unlearn.needs_adversarial = True
+# D_A: built (and cached) by the runner for each request, from the model the request starts from.
+unlearn.prepares = (AdversarialSets,)

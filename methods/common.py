@@ -29,7 +29,8 @@ class UnlearnData:
     channels_last: bool = False
     train_from_scratch: Callable[[], torch.nn.Module] | None = None  # the cached retrain oracle
     # AMUN's D_A: float images in [0, 1] and the original model's wrong labels on them, built by
-    # the runner (and cached) for methods that declare `unlearn.needs_adversarial = True`.
+    # the runner (and cached) for methods that declare
+    # `unlearn.prepares = (runner.adversarial.AdversarialSets,)`.
     adversarial: tuple[torch.Tensor, torch.Tensor] | None = None
     # Where the forget (retain) samples sit in the training set; retain_idx is None with no D_R.
     forget_idx: np.ndarray | None = None

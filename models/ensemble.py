@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.fastclip import Clipper, linear_part
+from models.fastclip import Clipper
+from models.spectral import linear_part
 
 
 class Ensemble(nn.Module):

@@ -15,7 +15,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from attacks.pgd import auto_eps_init, fgsm_doubling, pgd_doubling
 from data.loader import to_float
-from runner.cache import Cache, code_fingerprint
+from runner.cache import Cache, code_fingerprint, key_of
 from runner.typed import BatchSize, ConfigError, Positive, Range, Steps, typed
 
 log = logging.getLogger("runner")
@@ -91,15 +91,20 @@ class AdversarialSet:
         return self.x_adv[rows][ok], self.y_adv[rows][ok]
 
 
+def spec_of(attack: DictConfig, model_key: str, forget_idx: np.ndarray) -> dict:
+    """What determines an adversarial set: the cache key's content."""
+    # The forget indices in sampler order: eps_init auto looks at the first AUTO_SAMPLES of them.
+    ordered = hashlib.sha256(np.asarray(forget_idx, dtype=np.int64).tobytes()).hexdigest()
+    return {"original": model_key, "attack": OmegaConf.to_container(attack, resolve=True),
+            "forget_idx_sha256_ordered": ordered, "n_forget": int(len(forget_idx)),
+            "code": ATTACK_CODE}
+
+
 def build(attack: DictConfig, cache: Cache, model: torch.nn.Module, model_key: str,
           forget_x: torch.Tensor, forget_y: torch.Tensor, forget_idx: np.ndarray) -> AdversarialSet:
     """The adversarial examples of the forget samples against `model` (whose cache key, or
     `state_digest`, is `model_key`), through the cache."""
-    # The forget indices in sampler order: eps_init auto looks at the first AUTO_SAMPLES of them.
-    ordered = hashlib.sha256(np.asarray(forget_idx, dtype=np.int64).tobytes()).hexdigest()
-    spec = {"original": model_key, "attack": OmegaConf.to_container(attack, resolve=True),
-            "forget_idx_sha256_ordered": ordered, "n_forget": int(len(forget_idx)),
-            "code": ATTACK_CODE}
+    spec = spec_of(attack, model_key, forget_idx)
 
     def write(directory: Path) -> None:
         # Count every sample the model sees, the eps_init search included (the papers' cost).
@@ -177,3 +182,46 @@ def plot_eps_histogram(summary: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+class AdversarialSets:
+    """D_A as a method's preparation: a method that trains on it declares
+    `unlearn.prepares = (AdversarialSets,)`, and the runner fills `UnlearnData.adversarial` for
+    each request (and each U-LiRA shadow) from the model the request starts from. The method's
+    `attack` block says how; `adversarial_from: original` builds it once on the original model
+    for the whole forget set and gives each request its share, `current` rebuilds it for each
+    request on the model that request starts from (AMUN-A)."""
+
+    field = "adversarial"                   # the UnlearnData field it fills
+    kind = "adversarial"                    # its cache kind
+    keys = ("attack", "adversarial_from")   # the method node's keys it reads
+    check = staticmethod(check_method)
+
+    def __init__(self, method: DictConfig, cache: Cache):
+        self.attack, self.cache = method.attack, cache
+        self.once = method.adversarial_from == "original"
+
+    def key(self, model_key: str, forget_idx: np.ndarray) -> str:
+        return key_of(spec_of(self.attack, model_key, forget_idx))
+
+    def has(self, key: str) -> bool:
+        return self.cache.has("adversarial", key)
+
+    def build(self, model: torch.nn.Module, model_key: str, forget_x: torch.Tensor,
+              forget_y: torch.Tensor, forget_idx: np.ndarray) -> AdversarialSet:
+        return build(self.attack, self.cache, model, model_key, forget_x, forget_y, forget_idx)
+
+    @staticmethod
+    def report(sets: list[AdversarialSet], model: torch.nn.Module, last: tuple, batch_size: int,
+               run_dir: Path) -> dict:
+        """What the run reports: `summarize`, and how far the unlearned model took on the last
+        request's D_A (`last`): the % of it that it labels with the original's wrong label (the
+        original: 100 by construction); the histogram of radii as a plot."""
+        from runner.evaluate import predict
+
+        summary = summarize(sets)
+        adv_x, adv_y = last
+        hits = predict(model, adv_x, batch_size).argmax(1) == adv_y
+        summary["unlearned_adv_label_pct"] = float(hits.float().mean() * 100.0)
+        plot_eps_histogram(summary, run_dir / "adversarial_eps.png")
+        return summary

@@ -102,6 +102,10 @@ class Cache:
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / key
 
+    def has(self, kind: str, key: str) -> bool:
+        """Whether the artifact is there (unverified: for planning; `load` verifies)."""
+        return (self.path(kind, key) / MANIFEST).is_file()
+
     def load(self, kind: str, key: str) -> Path | None:
         """The verified artifact directory, or None if absent; a corrupt one is removed."""
         final = self.path(kind, key)

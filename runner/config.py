@@ -2,9 +2,9 @@
 
 Hydra's struct mode already rejects overrides of keys that do not exist. Each group's schema sits
 with the code it configures (runner.typed): `train` in runner.recipe, `dataset` in data.dataset,
-`forget` in data.splits, a method's attack in runner.adversarial, `reference` and `ensemble` in
-their modules; a method or an evaluator is checked against its function's signature. What is
-left here are the top-level keys and the rules that span groups.
+`forget` in data.splits, what a method prepares (runner.adversarial: its attack), `reference`
+and `ensemble` in their modules; a method or an evaluator is checked against its function's
+signature. What is left here: the top-level keys and the rules that span groups.
 """
 
 from __future__ import annotations
@@ -22,15 +22,19 @@ from omegaconf.errors import OmegaConfBaseException
 from data.dataset import DatasetSpec
 from data.splits import ForgetSpec, SplitError, check_spec
 from models.build import build_model
-from runner import adversarial, ensemble, reference
+from runner import ensemble, reference
 from runner.recipe import Recipe
-from runner.typed import ConfigError, Seed, check_target, check_value, typed
+from runner.typed import (ConfigError, Seed, check_target, check_value, import_target,
+                          typed)
 
-__all__ = ["ConfigError", "validate", "METHOD_KEYS"]
+__all__ = ["ConfigError", "validate", "method_keys"]
 
-# Keys of a method's node that are not keyword arguments of its function: `use_retain` tells the
-# runner whether to hand it the retain set; `attack` and `adversarial_from` how to build D_A.
-METHOD_KEYS = frozenset({"name", "use_retain", "attack", "adversarial_from"})
+
+def method_keys(fn) -> frozenset[str]:
+    """Keys of a method's node that are not keyword arguments of its function: `name`,
+    `use_retain` (whether the runner hands it the retain set) and those its preparations read
+    (`unlearn.prepares`; AMUN's D_A: `attack`, `adversarial_from`)."""
+    return frozenset({"name", "use_retain"}.union(*(p.keys for p in getattr(fn, "prepares", ()))))
 CONF = Path(__file__).resolve().parent.parent / "conf"
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 LOGGER_MODES = ("offline", "online", "disabled")
@@ -132,14 +136,16 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _check_method(cfg: DictConfig) -> None:
-    method = check_target(cfg.method, "method", 2, METHOD_KEYS)
+    path = cfg.method.get("_target_")
+    method = check_target(cfg.method, "method", 2,
+                          method_keys(import_target(path, "method") if path else None))
     if not isinstance(cfg.method.get("use_retain"), bool):
         raise ConfigError("method.use_retain must be true or false")
     if getattr(method, "needs_retain", False) and not cfg.method.use_retain:
         raise ConfigError(f"method {cfg.method.name} needs the retain set; use_retain=false "
                           "is not possible for it")
-    if getattr(method, "needs_adversarial", False):
-        adversarial.check_method(cfg.method)
+    for preparation in getattr(method, "prepares", ()):
+        preparation.check(cfg.method)
     if getattr(method, "needs_class_forget", False) and cfg.forget.kind != "class":
         raise ConfigError(f"method {cfg.method.name} forgets a whole class: use forget=class "
                           "forget.class_id=K")

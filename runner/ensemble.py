@@ -25,12 +25,13 @@ from omegaconf import DictConfig
 from attacks.pgd import pgd
 from data.loader import to_float
 from models.ensemble import Ensemble, Mean, ensemble_loss, lotos_penalty, stretches
-from models.fastclip import spectral_norms
-from runner.cache import Cache
+from models.spectral import spectral_norms
+from runner.cache import Cache, key_of
+from runner.plan import Plan
 from runner.evaluate import predict
 from runner.typed import ConfigError
 from runner.trained import (RunState, eval_batch_size, load_dataset, new_model, resolve_device,
-                            train_or_load)
+                            train_or_load, trained_spec)
 
 log = logging.getLogger("runner")
 
@@ -154,14 +155,20 @@ def run_ensemble(cfg: DictConfig, run_dir: Path) -> dict:
     e = cfg.ensemble
     with state.stage("data"):
         ds = load_dataset(cfg).to(device)
+    spec = {"ensemble": {"members": e.members, "member_seeds": member_seeds(cfg),
+                         "lotos_weight": e.lotos_weight,
+                         "lotos_mal": e.lotos_mal if e.lotos_weight else None}}
+    train_idx = np.arange(len(ds.train_y))
+    plan = Plan()
+    key = key_of(trained_spec(cfg, ds, train_idx, device, extra_spec=spec))
+    plan.cached("ensemble", "ensemble", key, cache.has("ensemble", key))
+    plan.own("evaluate")
+    plan.log()
     with state.stage("ensemble"):
         ensemble = build(cfg, device)
         loss = ensemble_loss(ensemble, label_smoothing=cfg.train.label_smoothing,
                              lotos_weight=e.lotos_weight, mal=e.lotos_mal)
-        spec = {"ensemble": {"members": e.members, "member_seeds": member_seeds(cfg),
-                             "lotos_weight": e.lotos_weight,
-                             "lotos_mal": e.lotos_mal if e.lotos_weight else None}}
-        ensemble = train_or_load(cfg, cache, "ensemble", ds, np.arange(len(ds.train_y)), device,
+        ensemble = train_or_load(cfg, cache, "ensemble", ds, train_idx, device,
                                  state, model=ensemble, extra_spec=spec, loss_fn=loss)
     with state.stage("evaluate"):
         metrics = evaluate(ensemble, ds.test_x, ds.test_y, e.attack, eval_batch_size(cfg, device))
@@ -170,5 +177,5 @@ def run_ensemble(cfg: DictConfig, run_dir: Path) -> dict:
             metrics["spectral_norms"] = [spectral_norms(m, example) for m in ensemble.members]
             metrics.update(alignment(ensemble, e.lotos_mal))
     return {"stage": "ensemble", "dataset": cfg.dataset.name, "seed": cfg.seed,
-            "ensemble": metrics, "cache_keys": state.cache_keys, "cache_hits": state.cache_hits,
+            "ensemble": metrics, "plan": plan.record(), "cache_keys": state.cache_keys, "cache_hits": state.cache_hits,
             "stage_seconds": state.stage_seconds, "device": str(device)}

@@ -18,16 +18,17 @@ from omegaconf import DictConfig, OmegaConf
 from data.loader import Augment, to_float
 from data.splits import Split, make_split
 from methods.common import UnlearnData
-from models.fastclip import spectral_norms
-from runner import adversarial
-from runner.cache import Cache, state_digest
-from runner.config import METHOD_KEYS
+from models.spectral import spectral_norms
+from runner.cache import Cache, key_of, state_digest
+from runner.config import method_keys
 from runner.evaluate import EvalContext, avg_gap, predict
+from runner.plan import Plan
 from runner.reference import References, cached_logits
 from runner.shadows import Shadows
 from runner.train import check_finite
-from runner.typed import ConfigError, partial_of
-from runner.trained import RunState, eval_batch_size, load_dataset, resolve_device, train_or_load
+from runner.trained import (RunState, eval_batch_size, load_dataset, resolve_device,
+                            train_or_load, trained_spec)
+from runner.typed import ConfigError, import_target, partial_of
 
 log = logging.getLogger("runner")
 
@@ -48,9 +49,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     chunk j from the model that request j-1 left, with D_R = the training set minus chunks 1..j
     (samples forgotten earlier are gone for good). After each request the evaluators run on that
     model, on the oracle retrained without chunks 1..j, and on the original, with the forget set =
-    chunks 1..j. An AMUN run takes D_A from the original model's adversarial set
-    (`adversarial_from: original`) or rebuilds it for the chunk on the current model (`current`,
-    AMUN-A). The top-level metrics are those after the last request."""
+    chunks 1..j. What the method prepares (`unlearn.prepares`; AMUN's D_A) is built per request
+    from the model the request starts from, or once on the original for the whole forget set
+    (runner.adversarial.AdversarialSets). The top-level metrics are those after the last
+    request."""
     state = RunState()
     device = resolve_device(cfg.device)
     cache = Cache(cfg.paths.cache_dir)
@@ -60,34 +62,40 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         chunks = request_chunks(split.forget_idx, cfg.requests)
         np.save(run_dir / "forget_idx.npy", split.forget_idx)
         ds = ds.to(device)
-    with state.stage("original"):
-        original = train_or_load(cfg, cache, "original", ds, np.arange(len(ds.train_y)), device, state)
-
-    unlearn = partial_of(cfg.method, "method", 2, METHOD_KEYS)
-    evaluators = [partial_of(node, f"eval.evaluators.{name}", 2)
-                  for name, node in cfg.eval.evaluators.items()]
+    target = import_target(cfg.method._target_, "method")
+    unlearn = partial_of(cfg.method, "method", 2, method_keys(target))
+    evaluators = {name: partial_of(node, f"eval.evaluators.{name}", 2)
+                  for name, node in cfg.eval.evaluators.items()}
+    preparations = [p(cfg.method, cache) for p in getattr(target, "prepares", ())]
     # Built on first use: a run whose evaluators need no reference model trains none.
     refs = References(cfg, cache, ds, device)
-    needs_adv = getattr(unlearn.func, "needs_adversarial", False)
+
+    def prepare(data: UnlearnData, model, key, forget_x, forget_y, forget_idx) -> None:
+        for p in preparations:
+            setattr(data, p.field, p.build(model, key, forget_x, forget_y, forget_idx).take())
 
     def unlearn_shadow(model, key, forget_idx, retain_idx, oracle):
         """The method under test on a shadow model (indices into train + test)."""
         data = _unlearn_data(cfg, ds.num_classes, *ds.population, forget_idx, retain_idx, oracle)
-        if needs_adv:
-            data.adversarial = adversarial.build(cfg.method.attack, cache, model, key, data.forget_x,
-                                                 data.forget_y, forget_idx).take()
+        prepare(data, model, key, data.forget_x, data.forget_y, forget_idx)
         torch.manual_seed(cfg.seed)
         return unlearn(copy.deepcopy(model), data).eval()
 
     shadows = Shadows(cfg, cache, ds, device, refs, split.forget_idx, unlearn_shadow,
                       class_id=split.class_id)
-    adversarial_sets = []
-    if needs_adv and cfg.method.adversarial_from == "original":
-        with state.stage("adversarial"):
+    plan = make_plan(cfg, ds, split, chunks, device, cache, refs, shadows, preparations,
+                     list(evaluators.values()))
+    plan.log()
+    with state.stage("original"):
+        original = train_or_load(cfg, cache, "original", ds, np.arange(len(ds.train_y)), device, state)
+    built = {p.field: [] for p in preparations}
+    whole = {}  # the preparations made once, on the original, for the whole forget set
+    for p in (p for p in preparations if p.once):
+        with state.stage(p.field):
             idx = torch.as_tensor(split.forget_idx, device=device)
-            full = adversarial.build(cfg.method.attack, cache, original, state.cache_keys["original"],
-                                     ds.train_x[idx], ds.train_y[idx], split.forget_idx)
-            adversarial_sets.append(full)
+            whole[p.field] = p.build(original, state.cache_keys["original"], ds.train_x[idx],
+                                     ds.train_y[idx], split.forget_idx)
+            built[p.field].append(whole[p.field])
     model, reports, start = original, [], 0
     for k, chunk in enumerate(chunks, 1):
         tag = "" if len(chunks) == 1 else f"/{k}"
@@ -98,16 +106,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             oracle = train_or_load(cfg, cache, "retrain", ds, sub.retain_idx, device, state)
         data = _unlearn_data(cfg, ds.num_classes, ds.train_x, ds.train_y, chunk, sub.retain_idx,
                              oracle, seed=cfg.seed + k - 1)
-        if needs_adv:
-            if cfg.method.adversarial_from == "original":
-                data.adversarial = full.take(slice(start, start + len(chunk)))
-            else:
-                with state.stage("adversarial" + tag):
-                    key = state.cache_keys["original"] if k == 1 else state_digest(model)
-                    adv = adversarial.build(cfg.method.attack, cache, model, key,
-                                            data.forget_x, data.forget_y, chunk)
-                adversarial_sets.append(adv)
-                data.adversarial = adv.take()
+        for p in preparations:
+            if p.once:
+                setattr(data, p.field, whole[p.field].take(slice(start, start + len(chunk))))
+                continue
+            with state.stage(p.field + tag):
+                key = state.cache_keys["original"] if k == 1 else state_digest(model)
+                built[p.field].append(p.build(model, key, data.forget_x, data.forget_y, chunk))
+                setattr(data, p.field, built[p.field][-1].take())
         with state.stage("unlearn" + tag):
             torch.manual_seed(cfg.seed + k - 1)
             model = unlearn(copy.deepcopy(model), data).eval()
@@ -121,7 +127,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                 model_keys={id(original): state.cache_keys["original"],
                             id(oracle): state.cache_keys["retrain"]},
                 run_dir=run_dir if k == len(chunks) else None)  # plots of the final models
-            metrics = _evaluate(ctx, evaluators,
+            metrics = _evaluate(ctx, list(evaluators.values()),
                                 {"unlearned": model, "retrain": oracle, "original": original})
         reports.append({"request": k, "n_request": int(len(chunk)), "n_forget": int(len(forgotten)),
                         "n_retain": int(len(sub.retain_idx)), "forget_idx_sha256": sub.digest("forget"),
@@ -134,16 +140,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         start += len(chunk)
 
     extra = {}
-    if adversarial_sets:
-        extra["adversarial"] = adversarial.summarize(adversarial_sets)
-        # How far the unlearned model took on D_A: % of the last request's adversarial examples
-        # it labels with the original's wrong label (the original: 100 by construction).
-        adv_x, adv_y = data.adversarial
-        hits = predict(model, adv_x, eval_batch_size(cfg, device)).argmax(1) == adv_y
-        extra["adversarial"]["unlearned_adv_label_pct"] = float(hits.float().mean() * 100.0)
-        state.cache_keys["adversarial"] = extra["adversarial"]["cache_key"]
-        state.cache_hits["adversarial"] = all(s.hit for s in adversarial_sets)
-        adversarial.plot_eps_histogram(extra["adversarial"], run_dir / "adversarial_eps.png")
+    for p in preparations:
+        extra[p.field] = p.report(built[p.field], model, getattr(data, p.field),
+                                  eval_batch_size(cfg, device), run_dir)
+        state.cache_keys[p.field] = extra[p.field]["cache_key"]
+        state.cache_hits[p.field] = all(s.hit for s in built[p.field])
     if len(chunks) > 1:
         extra["requests"] = reports
     if refs.used:
@@ -161,10 +162,42 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "n_forget": last["n_forget"], "n_retain": last["n_retain"],
         "forget_idx_sha256": last["forget_idx_sha256"],
         "metrics": last["metrics"], "avg_gap": last["avg_gap"],
-        "gap_metrics": list(cfg.eval.gap_metrics),
+        "gap_metrics": list(cfg.eval.gap_metrics), "plan": plan.record(),
         "cache_keys": state.cache_keys, "cache_hits": state.cache_hits,
         "stage_seconds": state.stage_seconds, "device": str(device), **extra,
     }
+
+
+def make_plan(cfg: DictConfig, ds, split: Split, chunks: list[np.ndarray], device, cache: Cache,
+              refs: References, shadows: Shadows, preparations: list, evaluators: list) -> Plan:
+    """What `run` will train, build, load and run, in its order (runner.plan)."""
+    plan = Plan()
+    plan.cached(f"dataset {ds.name}", "datasets", ds.fingerprint, True)
+    spec = trained_spec(cfg, ds, np.arange(len(ds.train_y)), device)
+    original = key_of(spec)
+    plan.cached("original", "original", original, cache.has("original", original))
+    for p in (p for p in preparations if p.once):
+        key = p.key(original, split.forget_idx)
+        plan.cached(p.field, p.kind, key, p.has(key), miss="build")
+    start = 0
+    for k, chunk in enumerate(chunks, 1):
+        tag = "" if len(chunks) == 1 else f"/{k}"
+        start += len(chunk)
+        retain = np.setdiff1d(np.arange(len(ds.train_y)), split.forget_idx[:start])
+        oracle = key_of(trained_spec(cfg, ds, retain, device))
+        plan.cached("retrain" + tag, "retrain", oracle, cache.has("retrain", oracle))
+        for p in (p for p in preparations if not p.once):
+            key = p.key(original, chunk) if k == 1 else None  # later: the model request k-1 left
+            plan.cached(p.field + tag, p.kind, key, key is not None and p.has(key), miss="build")
+        plan.own("unlearn" + tag)
+        if k == 1:  # what the evaluators use (`evaluate.uses`) is made at their first run
+            uses = [(use, e) for e in evaluators for use in getattr(e.func, "uses", ())]
+            if any(use == "reference" for use, _ in uses):
+                refs.plan(plan, range(refs.num_models), outputs=True)
+            for e in (e for use, e in uses if use == "shadows"):
+                shadows.plan(plan, e.keywords["num_shadows"])
+        plan.own("evaluate" + tag)
+    return plan
 
 
 def _unlearn_data(cfg: DictConfig, num_classes: int, x: torch.Tensor, y: torch.Tensor,
@@ -209,6 +242,9 @@ def run_reference(cfg: DictConfig, run_dir: Path) -> dict:
         ds = load_dataset(cfg).to(device)
     refs = References(cfg, cache, ds, device)
     which = range(refs.num_models) if cfg.reference.index is None else [cfg.reference.index]
+    plan = Plan()
+    refs.plan(plan, which, outputs=False)
+    plan.log()
     population = ds.population[0]
     keys = {}
     with state.stage("reference"):
@@ -218,5 +254,6 @@ def run_reference(cfg: DictConfig, run_dir: Path) -> dict:
                           lambda: predict(model, population,
                                           eval_batch_size(cfg, device)).cpu().numpy())
     return {"stage": "reference", "dataset": cfg.dataset.name, "seed": cfg.seed,
-            "reference": {**refs.stats, "keys": keys}, "stage_seconds": state.stage_seconds,
+            "reference": {**refs.stats, "keys": keys}, "plan": plan.record(),
+            "stage_seconds": state.stage_seconds,
             "device": str(device)}

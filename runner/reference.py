@@ -17,7 +17,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from data import datasets
 from data.splits import keep_matrix
 from runner.cache import Cache, key_of
 from runner.evaluate import predict
+from runner.plan import Plan
 from runner.trained import RunState, eval_batch_size, train_or_load, trained_spec
 from runner.typed import ConfigError, check_value, Seed
 
@@ -84,6 +85,24 @@ class References:
         """Whether anything asked for a reference model or their outputs."""
         return self._used
 
+    def key(self, m: int) -> str:
+        """Reference model m's cache key."""
+        return key_of(trained_spec(self.cfg, self.ds, np.flatnonzero(self.keep[m]), self.device,
+                                   seed=m, population=True))
+
+    def plan(self, plan: Plan, which: Iterable[int], outputs: bool) -> None:
+        """Add reference models `which` to the plan; with `outputs` (only their population
+        logits are needed), a model whose logits are cached is not loaded at all."""
+        for m in which:
+            key = self.key(m)
+            name = f"reference {m + 1}/{self.num_models}"
+            logits = key_of(_logits_spec(key, self.ds.fingerprint))
+            if outputs and self.cache.has("logits", logits):
+                plan.cached(name + " outputs", "logits", logits, True, group="reference output")
+            else:
+                plan.cached(name, "reference", key, self.cache.has("reference", key),
+                            group="reference model")
+
     def model(self, m: int) -> tuple[torch.nn.Module, str]:
         """Reference model m and its cache key, training it if the cache does not have it."""
         self._used = True
@@ -105,8 +124,7 @@ class References:
             population, labels = self.ds.population
             logits = []
             for m in range(self.num_models):
-                key = key_of(trained_spec(self.cfg, self.ds, np.flatnonzero(self.keep[m]),
-                                          self.device, seed=m, population=True))
+                key = self.key(m)
                 found = self.cache.load("logits", key_of(_logits_spec(key, self.ds.fingerprint)))
                 if found is None:
                     model, _ = self.model(m)

@@ -21,10 +21,11 @@ from omegaconf import DictConfig
 
 from attacks.signals import lira_phi
 from data import datasets
-from runner.cache import Cache
+from runner.cache import Cache, key_of
+from runner.plan import Plan
 from runner.evaluate import predict
 from runner.reference import References
-from runner.trained import RunState, eval_batch_size, train_or_load
+from runner.trained import RunState, eval_batch_size, train_or_load, trained_spec
 
 log = logging.getLogger("runner")
 
@@ -52,6 +53,33 @@ class Shadows:
                       "unlearn_seconds": 0.0}
         self._outputs: dict[int, ShadowOutputs] = {}
 
+    def indices(self, s: int) -> tuple[np.ndarray, np.ndarray]:
+        """Shadow s's forget and retain sets (indices into train + test)."""
+        inside = self.refs.keep[s]
+        # Training samples come first in the population, so train indices are population ones.
+        forget_s = self.forget_idx[inside[self.forget_idx]]
+        retain_s = np.setdiff1d(np.flatnonzero(inside), forget_s)
+        if self.class_id is not None:
+            # Class forgetting: the shadow forgets the class, so its test images go too.
+            labels = self.ds.population[1][torch.as_tensor(retain_s, device=self.device)]
+            retain_s = retain_s[(labels != self.class_id).cpu().numpy()]
+        return forget_s, retain_s
+
+    def retrain_key(self, s: int) -> str:
+        return key_of(trained_spec(self.cfg, self.ds, self.indices(s)[1], self.device, seed=s,
+                                   population=True))
+
+    def plan(self, plan: Plan, num_shadows: int) -> None:
+        """Add the shadows to the plan: each original (a reference model), retrain and the
+        unlearning of it."""
+        self.refs.plan(plan, range(num_shadows), outputs=False)
+        for s in range(num_shadows):
+            if self.refs.keep[s][self.forget_idx].any():
+                key = self.retrain_key(s)
+                plan.cached(f"shadow retrain {s + 1}/{num_shadows}", "shadow", key,
+                            self.cache.has("shadow", key), group="shadow retrain")
+                plan.own(f"unlearn shadow {s + 1}/{num_shadows}", group="unlearned shadow")
+
     def outputs(self, num_shadows: int) -> ShadowOutputs:
         if num_shadows > self.refs.num_models:
             raise ValueError(f"{num_shadows} shadow models asked for, but only "
@@ -67,17 +95,10 @@ class Shadows:
         phi_u, phi_r = np.zeros((num_shadows, n)), np.zeros((num_shadows, n))
         mask = np.zeros((num_shadows, n), dtype=bool)
         for s in range(num_shadows):
-            inside = self.refs.keep[s]
-            # Training samples come first in the population, so train indices are population ones.
-            mask[s] = inside[self.forget_idx]
+            mask[s] = self.refs.keep[s][self.forget_idx]
             if not mask[s].any():
                 continue
-            forget_s = self.forget_idx[mask[s]]
-            retain_s = np.setdiff1d(np.flatnonzero(inside), forget_s)
-            if self.class_id is not None:
-                # Class forgetting: the shadow forgets the class, so its test images go too.
-                labels = self.ds.population[1][torch.as_tensor(retain_s, device=self.device)]
-                retain_s = retain_s[(labels != self.class_id).cpu().numpy()]
+            forget_s, retain_s = self.indices(s)
             original_s, key_s = self.refs.model(s)
             state, start = RunState(), time.perf_counter()
             retrained = train_or_load(self.cfg, self.cache, "shadow", self.ds, retain_s, self.device,
