@@ -7,8 +7,10 @@ from typing import Callable, Iterable, Literal
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 
 from data.loader import Augment, Batches, Concat, Relabel
+from runner.typed import ConfigError, check_target, import_target
 
 RetainPass = Literal["before", "after"]
 
@@ -87,3 +89,28 @@ def with_retain_pass(data: UnlearnData, forget: Iterable, batch_size: int,
     if retain_pass == "after":
         return Concat(forget, retain)
     raise ValueError(f"retain_pass must be before or after, got {retain_pass!r}")
+
+
+def method_keys(fn) -> frozenset[str]:
+    """Keys of a method's node that are not keyword arguments of its function: `name`,
+    `use_retain` (whether the runner hands it the retain set) and those its preparations read
+    (`unlearn.prepares`; AMUN's D_A: `attack`, `adversarial_from`)."""
+    return frozenset({"name", "use_retain"}.union(*(p.keys for p in getattr(fn, "prepares", ()))))
+
+
+def check_method(cfg: DictConfig) -> None:
+    """The run's method: its node against its function, and what the function declares it needs
+    (`needs_retain`, `needs_class_forget`, `prepares`)."""
+    path = cfg.method.get("_target_")
+    method = check_target(cfg.method, "method", 2,
+                          method_keys(import_target(path, "method") if path else None))
+    if not isinstance(cfg.method.get("use_retain"), bool):
+        raise ConfigError("method.use_retain must be true or false")
+    if getattr(method, "needs_retain", False) and not cfg.method.use_retain:
+        raise ConfigError(f"method {cfg.method.name} needs the retain set; use_retain=false "
+                          "is not possible for it")
+    for preparation in getattr(method, "prepares", ()):
+        preparation.check(cfg.method)
+    if getattr(method, "needs_class_forget", False) and cfg.forget.kind != "class":
+        raise ConfigError(f"method {cfg.method.name} forgets a whole class: use forget=class "
+                          "forget.class_id=K")

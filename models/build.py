@@ -30,3 +30,16 @@ def build_model(model_cfg: DictConfig, dataset_cfg: DictConfig) -> torch.nn.Modu
                            if key in model_cfg})
         attach(model, spec, torch.zeros(1, c, dataset_cfg.image_size, dataset_cfg.image_size))
     return model
+
+
+def check_model(model_cfg: DictConfig, dataset_cfg: DictConfig) -> None:
+    """Build the model once on the CPU (well under a second): a misspelled option, or data the
+    architecture cannot take (airbench on 8x8 digits), fails here and not after data loading."""
+    from hydra.errors import InstantiationException
+
+    try:
+        with torch.random.fork_rng(devices=[]):  # the run's random streams stay untouched
+            build_model(model_cfg, dataset_cfg)
+    except (InstantiationException, TypeError, ValueError) as err:
+        raise ValueError(f"model {model_cfg.get('_target_')} for dataset {dataset_cfg.name}: "
+                         f"{err}") from None

@@ -20,11 +20,11 @@ from data.readers import DatasetError
 from data.splits import SplitError
 from runner.checkpoint import is_preemption
 from runner.config import ConfigError, validate
-from runner.ensemble import run_ensemble
-from runner.pipeline import run, run_reference
-from runner.results import Logger, git_commit, summary_rows, write_metrics
+from runner.results import git_commit, write_metrics
+from runner.stages import STAGES, flat_metrics, stage_of
 from runner.train import Diverged
 from runner.trained import set_cpu_threads
+from runner.typed import partial_of
 
 log = logging.getLogger("runner")
 
@@ -60,9 +60,8 @@ def execute(cfg: DictConfig, run_dir: Path, group: str | None = None) -> dict:
 
 
 def _execute(cfg: DictConfig, run_dir: Path, group: str | None) -> dict:
-    stage = cfg.get("stage")
-    what = stage if stage in ("reference", "ensemble") else cfg.method.get("name", "?")
-    name = f"{what}-{cfg.dataset.get('name', '?')}-seed{cfg.get('seed')}"
+    stage = STAGES.get(cfg.get("stage"), STAGES["unlearn"])  # validate refuses an unknown stage
+    name = f"{_try(lambda: stage.what(cfg))}-{cfg.dataset.get('name', '?')}-seed{cfg.get('seed')}"
     base = {"git_commit": git_commit(), "run_dir": str(run_dir), "name": name,
             "config": _config_record(cfg)}
     # Replaces any earlier result in this dir at once: a run that fails or is killed from here on
@@ -74,9 +73,8 @@ def _execute(cfg: DictConfig, run_dir: Path, group: str | None) -> dict:
         validate(cfg)  # before any data is loaded or any model trained
         base["config"] = OmegaConf.to_container(cfg, resolve=True)  # typed by validate
         base["cpu_threads"] = set_cpu_threads(cfg.cpu_threads)
-        logger = Logger(cfg, run_dir, name, group)
-        stages = {"reference": run_reference, "ensemble": run_ensemble}
-        result = stages.get(cfg.stage, run)(cfg, run_dir)
+        logger = partial_of(cfg.logger, "logger", 4)(base["config"], run_dir, name, group)
+        result = stage_of(cfg.stage).run(cfg, run_dir)
     except BaseException as err:
         # preempted: stopped by a signal with its training state saved (by us, then maybe by
         # submitit's requeue, which exits); a rerun resumes it.
@@ -89,9 +87,17 @@ def _execute(cfg: DictConfig, run_dir: Path, group: str | None) -> dict:
     result = {**base, **result, "status": "ok",
               "wall_seconds": round(time.perf_counter() - start, 3)}
     write_metrics(run_dir, result)
-    logger.log_result(result)
+    steps = [{**flat_metrics(e), "request": e["request"]} for e in result.get("requests", [])]
+    logger.log_result(result, stage.scalars(result), steps)
     logger.finish()
     return result
+
+
+def _try(name) -> str:
+    try:
+        return name()
+    except Exception:  # noqa: BLE001 - a config too broken to name; validate says why
+        return "?"
 
 
 def _config_record(cfg: DictConfig) -> dict:
@@ -104,29 +110,8 @@ def _config_record(cfg: DictConfig) -> dict:
 
 
 def print_summary(result: dict) -> None:
-    if result.get("stage") == "reference":
-        ref = result["reference"]
-        log.info("reference models %s: %d trained in %.1f s, the rest from the cache",
-                 sorted(ref["keys"]), ref["trained"], ref["train_seconds"])
-        return
-    if result.get("stage") == "ensemble":
-        e = result["ensemble"]
-        log.info("ensemble: members' accuracy %s, ensemble %.2f; robust accuracy %s, ensemble "
-                 "%.2f; mean transferability rate %.2f (%d attacked images)",
-                 [round(a, 2) for a in e["member_acc"]], e["ensemble_acc"],
-                 [round(a, 2) for a in e["member_robust_acc"]], e["ensemble_robust_acc"],
-                 e["transfer_rate_mean"], e["n_attacked"])
-        return
-    columns, rows = summary_rows(result)
-    for entry in result.get("requests", []):
-        log.info("request %d: %d forgotten, forget_acc %.2f, avg_gap %.2f", entry["request"],
-                 entry["n_forget"], entry["metrics"]["unlearned"].get("forget_acc", float("nan")),
-                 entry["avg_gap"])
-    log.info("%s | avg_gap %.2f | cache hits %s", result["name"], result["avg_gap"],
-             result["cache_hits"])
-    log.info("  ".join(f"{c:>12}" for c in columns))
-    for row in rows:
-        log.info("  ".join(f"{v:>12.2f}" if isinstance(v, float) else f"{v:>12}" for v in row))
+    for line in stage_of(result["config"].get("stage", "unlearn")).summary(result):
+        log.info("%s", line)
 
 
 class JobError(CompactHydraException):

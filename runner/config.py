@@ -15,29 +15,22 @@ import re
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from data.dataset import DatasetSpec
 from data.splits import ForgetSpec, SplitError, check_spec
-from models.build import build_model
+from methods.common import check_method
+from models.build import check_model
 from runner import ensemble, reference
 from runner.recipe import Recipe
-from runner.typed import (ConfigError, Seed, check_target, check_value, import_target,
-                          typed)
+from runner.stages import stage_of
+from runner.evaluate import check_evaluators
+from runner.typed import ConfigError, Seed, check_target, check_value, typed
 
-__all__ = ["ConfigError", "validate", "method_keys"]
-
-
-def method_keys(fn) -> frozenset[str]:
-    """Keys of a method's node that are not keyword arguments of its function: `name`,
-    `use_retain` (whether the runner hands it the retain set) and those its preparations read
-    (`unlearn.prepares`; AMUN's D_A: `attack`, `adversarial_from`)."""
-    return frozenset({"name", "use_retain"}.union(*(p.keys for p in getattr(fn, "prepares", ()))))
+__all__ = ["ConfigError", "validate"]
 CONF = Path(__file__).resolve().parent.parent / "conf"
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
-LOGGER_MODES = ("offline", "online", "disabled")
 
 
 def top_level_keys() -> set[str]:
@@ -122,64 +115,13 @@ def validate(cfg: DictConfig) -> None:
     if cfg.train.lookahead is not None and cfg.model.get("clip") is not None:
         raise ConfigError("model.clip with train.lookahead: the lookahead's average of the "
                           "weights would undo the clipping; set train.lookahead=null")
-    if cfg.stage not in ("unlearn", "reference", "ensemble"):
-        raise ConfigError(f"stage must be unlearn, reference or ensemble, got {cfg.stage!r}")
+    stage_of(cfg.stage)
     ensemble.check(cfg)
     reference.check(cfg.reference)
-    _check_method(cfg)
-    _check_evaluators(cfg)
-    if cfg.logger.kind not in ("wandb", "none"):
-        raise ConfigError(f"logger.kind must be wandb or none, got {cfg.logger.kind!r}")
-    if cfg.logger.kind == "wandb" and cfg.logger.mode not in LOGGER_MODES:
-        raise ConfigError(f"logger.mode must be one of {LOGGER_MODES}, got {cfg.logger.mode!r}")
-    _check_model(cfg)
-
-
-def _check_method(cfg: DictConfig) -> None:
-    path = cfg.method.get("_target_")
-    method = check_target(cfg.method, "method", 2,
-                          method_keys(import_target(path, "method") if path else None))
-    if not isinstance(cfg.method.get("use_retain"), bool):
-        raise ConfigError("method.use_retain must be true or false")
-    if getattr(method, "needs_retain", False) and not cfg.method.use_retain:
-        raise ConfigError(f"method {cfg.method.name} needs the retain set; use_retain=false "
-                          "is not possible for it")
-    for preparation in getattr(method, "prepares", ()):
-        preparation.check(cfg.method)
-    if getattr(method, "needs_class_forget", False) and cfg.forget.kind != "class":
-        raise ConfigError(f"method {cfg.method.name} forgets a whole class: use forget=class "
-                          "forget.class_id=K")
-
-
-def _check_evaluators(cfg: DictConfig) -> None:
-    names: set[str] = set()
-    for name, node in cfg.eval.evaluators.items():
-        fn = check_target(node, f"eval.evaluators.{name}", 2)
-        names |= set(getattr(fn, "metric_names", ()))
-        if cfg.forget.kind == "class":
-            names |= set(getattr(fn, "class_metric_names", ()))
-        shadows = node.get("num_shadows")
-        if shadows is not None and shadows > cfg.reference.num_models:
-            raise ConfigError(f"eval.evaluators.{name}.num_shadows={shadows}: the shadows are "
-                              f"reference models, so at most reference.num_models "
-                              f"({cfg.reference.num_models})")
-        if shadows is not None and cfg.requests > 1:
-            raise ConfigError(f"eval.evaluators.{name} (shadow models) evaluates one-shot "
-                              "unlearning; it cannot run with requests > 1")
-    unknown_gap = set(cfg.eval.gap_metrics) - names
-    if unknown_gap:
-        raise ConfigError(f"eval.gap_metrics names {sorted(unknown_gap)}, which no evaluator "
-                          f"reports for forget={cfg.forget.kind}")
-
-
-def _check_model(cfg: DictConfig) -> None:
-    """Build the model once on the CPU (well under a second): a misspelled option, or data the
-    architecture cannot take (airbench on 8x8 digits), fails here and not after data loading."""
-    from hydra.errors import InstantiationException
-
+    check_method(cfg)
+    check_evaluators(cfg)
+    check_target(cfg.logger, "logger", 4)
     try:
-        with torch.random.fork_rng(devices=[]):  # the run's random streams stay untouched
-            build_model(cfg.model, cfg.dataset)
-    except (InstantiationException, TypeError, ValueError) as err:
-        raise ConfigError(f"model {cfg.model.get('_target_')} for dataset {cfg.dataset.name}: "
-                          f"{err}") from None
+        check_model(cfg.model, cfg.dataset)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None

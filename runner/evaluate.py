@@ -13,9 +13,11 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 
 from data.loader import to_float
 from data.splits import Split
+from runner.typed import ConfigError, check_target
 
 
 @torch.inference_mode()
@@ -128,3 +130,26 @@ accuracies.class_metric_names = ("test_forget_acc", "test_retain_acc")
 def avg_gap(method: dict[str, float], oracle: dict[str, float], names) -> float:
     """Mean over `names` of |method - oracle| (the AMUN paper's Avg. Gap, in the metrics' units)."""
     return float(np.mean([abs(method[n] - oracle[n]) for n in names]))
+
+
+def check_evaluators(cfg: DictConfig) -> None:
+    """Each evaluator's node against its function; shadows within the reference models; the gap
+    metrics among those the evaluators report."""
+    names: set[str] = set()
+    for name, node in cfg.eval.evaluators.items():
+        fn = check_target(node, f"eval.evaluators.{name}", 2)
+        names |= set(getattr(fn, "metric_names", ()))
+        if cfg.forget.kind == "class":
+            names |= set(getattr(fn, "class_metric_names", ()))
+        shadows = node.get("num_shadows")
+        if shadows is not None and shadows > cfg.reference.num_models:
+            raise ConfigError(f"eval.evaluators.{name}.num_shadows={shadows}: the shadows are "
+                              f"reference models, so at most reference.num_models "
+                              f"({cfg.reference.num_models})")
+        if shadows is not None and cfg.requests > 1:
+            raise ConfigError(f"eval.evaluators.{name} (shadow models) evaluates one-shot "
+                              "unlearning; it cannot run with requests > 1")
+    unknown_gap = set(cfg.eval.gap_metrics) - names
+    if unknown_gap:
+        raise ConfigError(f"eval.gap_metrics names {sorted(unknown_gap)}, which no evaluator "
+                          f"reports for forget={cfg.forget.kind}")

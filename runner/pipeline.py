@@ -17,10 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from data.loader import Augment, to_float
 from data.splits import Split, make_split
-from methods.common import UnlearnData
+from methods.common import UnlearnData, method_keys
 from models.spectral import spectral_norms
 from runner.cache import Cache, key_of, state_digest
-from runner.config import method_keys
 from runner.evaluate import EvalContext, avg_gap, predict
 from runner.plan import Plan
 from runner.reference import References, cached_logits

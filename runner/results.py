@@ -1,5 +1,6 @@
 """Where a run's results go: `metrics.json` in the run dir (written atomically, also for a failed
-run) and one W&B run per job, always finished so multirun jobs never bleed into each other."""
+run) and the logger `logger` selects (`_target_`): one W&B run per job, always finished so
+multirun jobs never bleed into each other, or none."""
 
 from __future__ import annotations
 
@@ -8,8 +9,7 @@ import logging
 import os
 import subprocess
 from pathlib import Path
-
-from omegaconf import DictConfig, OmegaConf
+from typing import Literal, Optional
 
 log = logging.getLogger("runner")
 METRICS_FILE = "metrics.json"
@@ -45,61 +45,48 @@ def summary_rows(result: dict) -> tuple[list[str], list[list]]:
     return ["model"] + names, rows
 
 
-def _flat(result: dict) -> dict:
-    """role/metric -> value, and avg_gap, of one evaluation."""
-    flat = {f"{role}/{k}": v for role in ROLES for k, v in result["metrics"].get(role, {}).items()}
-    flat["avg_gap"] = result["avg_gap"]
-    return flat
+class NullLogger:
+    """`logger=none`: nothing besides metrics.json."""
+
+    def __init__(self, config: dict, run_dir: Path, name: str, sweep: str | None):
+        pass
+
+    def log_result(self, result: dict, scalars: dict, steps: list[dict] = ()) -> None:
+        pass
+
+    def finish(self, exit_code: int = 0) -> None:
+        pass
 
 
-class Logger:
-    """W&B when `logger.kind=wandb`, nothing otherwise (metrics.json is always written)."""
+class WandbLogger:
+    """`logger=wandb`: one W&B run per job, named `name`, grouped by the sweep."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, name: str, group: str | None):
-        self.run = None
-        if cfg.logger.kind != "wandb":
-            return
+    def __init__(self, config: dict, run_dir: Path, name: str, sweep: str | None, *,
+                 project: str, entity: Optional[str], mode: Literal["offline", "online", "disabled"],
+                 group: Optional[str], tags: list):
         import wandb
 
         self.wandb = wandb
         self.run = wandb.init(
-            project=cfg.logger.project, entity=cfg.logger.entity, mode=cfg.logger.mode,
-            dir=str(run_dir), name=name, group=cfg.logger.group or group,
-            tags=list(cfg.logger.tags), config=OmegaConf.to_container(cfg, resolve=True),
-            reinit="finish_previous", settings=wandb.Settings(silent=True, console="off"))
+            project=project, entity=entity, mode=mode, dir=str(run_dir), name=name,
+            group=group or sweep, tags=list(tags), config=config, reinit="finish_previous",
+            settings=wandb.Settings(silent=True, console="off"))
 
-    def log_result(self, result: dict) -> None:
+    def log_result(self, result: dict, scalars: dict, steps: list[dict] = ()) -> None:
+        """`scalars` as the run's summary; `steps` (sequential requests: x axis `request`), or
+        else the scalars, as its history; the result's tables and plots."""
         if self.run is None:
             return
-        if result.get("stage") == "reference":
-            ref = result["reference"]
-            self.run.summary.update({f"reference/{k}": ref[k] for k in ("trained", "train_seconds")})
-            return
-        if result.get("stage") == "ensemble":
-            e = result["ensemble"]
-            flat = {f"ensemble/{k}": v for k, v in e.items() if isinstance(v, (int, float))}
-            for k in ("member_acc", "member_robust_acc"):
-                flat.update({f"ensemble/{k}/{i}": v for i, v in enumerate(e[k])})
-            flat.update({f"ensemble/transfer_rate/{pair}": v
-                         for pair, v in e["transfer_rate"].items()})
-            self.run.log(flat)
-            self.run.summary.update(flat)
-            return
-        # Sequential runs log each request's metrics as one step (x axis: request).
-        for entry in result.get("requests", []):
-            self.run.log({**_flat(entry), "request": entry["request"]})
-        flat = _flat(result)
-        flat.update({f"time/{k}": v for k, v in result["stage_seconds"].items()})
+        for step in steps:
+            self.run.log(step)
+        if not steps:
+            self.run.log(scalars)
+        self.run.summary.update(scalars)
+        charts = {}
+        if "metrics" in result:
+            columns, rows = summary_rows(result)
+            charts["summary_table"] = self.wandb.Table(columns=columns, data=rows)
         adv = result.get("adversarial")
-        if adv is not None:
-            flat.update({f"adversarial/{k}": adv[k]
-                         for k in ("model_calls_per_sample", "success_rate", "eps_init")
-                         if isinstance(adv[k], (int, float))})
-        if "requests" not in result:
-            self.run.log(flat)
-        self.run.summary.update(flat)
-        columns, rows = summary_rows(result)
-        charts = {"summary_table": self.wandb.Table(columns=columns, data=rows)}
         if adv is not None:
             table = self.wandb.Table(columns=["eps", "forget samples"],
                                      data=[[k, v] for k, v in adv["eps_histogram"].items()])
@@ -108,7 +95,8 @@ class Logger:
         # Plots the run wrote (RMIA ROC curves, AMUN's eps histogram) as images.
         for png in sorted(Path(result["run_dir"]).glob("*.png")) if "run_dir" in result else []:
             charts[f"plots/{png.stem}"] = self.wandb.Image(str(png))
-        self.run.log(charts)
+        if charts:
+            self.run.log(charts)
 
     def finish(self, exit_code: int = 0) -> None:
         if self.run is not None:

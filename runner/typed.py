@@ -125,7 +125,7 @@ def check_target(node: DictConfig, where: str, n_positional: int,
     if unknown or missing:
         raise ConfigError(f"{where} ({node._target_}): unknown keys {unknown}, missing keys "
                           f"{missing}; it takes {sorted(keyword)}")
-    hints = typing.get_type_hints(fn, include_extras=True)
+    hints = typing.get_type_hints(fn.__init__ if isinstance(fn, type) else fn, include_extras=True)
     for k, v in given.items():
         if k in hints:
             check_value(v, hints[k], f"{where}.{k}")
