@@ -34,14 +34,11 @@ DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 def top_level_keys() -> set[str]:
-    """The keys a composed config may have at its top: conf/config.yaml's own and its groups'.
-    A `+key=value` typo (`+sed=3`) adds one that nothing reads."""
+    """The keys a composed config may have at its top: conf/config.yaml's own and the config
+    groups' (conf/'s folders). A `+key=value` typo (`+sed=3`) adds one that nothing reads."""
     primary = OmegaConf.load(CONF / "config.yaml")
-    keys = {k for k in primary if k != "defaults"} | {"hydra"}
-    for entry in primary.get("defaults", []):
-        if OmegaConf.is_config(entry) or isinstance(entry, dict):
-            keys |= {str(name).split()[-1].lstrip("/") for name in entry}
-    return keys
+    return ({k for k in primary if k != "defaults"} | {"hydra"}
+            | {p.name for p in CONF.iterdir() if p.is_dir()})
 
 
 def _check_finite(node: Any, where: str) -> None:

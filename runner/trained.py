@@ -95,10 +95,14 @@ def load_dataset(cfg: DictConfig) -> datasets.Dataset:
 
 # The code a trained model depends on: its key changes when any of it changes. Taken once, at
 # import, so it describes the code this process runs even if the files are edited meanwhile.
+# Every file the training of a model runs: the architectures and their construction (models/),
+# the loop, its optimizer and schedules, the batch stream, and the checkpoint replay.
 REPO = Path(__file__).resolve().parent.parent
-TRAINING_CODE = code_fingerprint([*sorted((REPO / "models").glob("*.py")),
-                                  REPO / "runner" / "train.py", REPO / "runner" / "trained.py",
-                                  REPO / "data" / "loader.py"])
+TRAINING_FILES = (*sorted((REPO / "models").glob("*.py")),
+                  *(REPO / "runner" / f for f in ("train.py", "trained.py", "optim.py", "recipe.py",
+                                                  "checkpoint.py")),
+                  REPO / "data" / "loader.py")
+TRAINING_CODE = code_fingerprint(TRAINING_FILES)
 
 
 def model_spec(cfg: DictConfig, ds: datasets.Dataset, train_idx: np.ndarray, *,

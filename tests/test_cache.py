@@ -83,3 +83,13 @@ def test_code_fingerprint_follows_code_not_comments(tmp_path):
     assert code_fingerprint([f]) == base
     f.write_text('"""Doc."""\ndef g(x):\n    """Doc."""\n    return x / 2\n')
     assert code_fingerprint([f]) != base
+
+
+def test_the_training_fingerprint_covers_every_file_a_training_runs():
+    """Editing any of them changes every trained model's key (no stale model is reused)."""
+    from runner.trained import REPO, TRAINING_FILES
+
+    names = {str(p.relative_to(REPO)) for p in TRAINING_FILES}
+    assert {"models/build.py", "models/spectral.py", "models/fastclip.py", "runner/train.py",
+            "runner/optim.py", "runner/recipe.py", "runner/checkpoint.py",
+            "data/loader.py"} <= names

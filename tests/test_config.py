@@ -40,6 +40,13 @@ def test_default_model_and_recipe_of_every_dataset_build(make_cfg, dataset):
     assert model.num_classes == cfg.dataset.num_classes
 
 
+def test_a_dataset_picks_its_model_and_recipe_and_the_command_line_replaces_them(make_cfg):
+    cfg = make_cfg("dataset=fashion_mnist_paperlike")
+    assert cfg.model.width == 16 and cfg.train.epochs == 20 and cfg.train.precision == "bf16"
+    plain = make_cfg("dataset=cifar10", "model=resnet18", "train=tiny")
+    assert not plain.model.halve_downsample and plain.train.epochs == 15
+
+
 def test_paper_defaults_for_cifar10(make_cfg):
     cfg = make_cfg("dataset=cifar10")
     assert cfg.model._target_ == "models.resnet.ResNet18" and cfg.model.halve_downsample

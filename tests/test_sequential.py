@@ -39,7 +39,7 @@ def _recording(monkeypatch, module):
         calls.append(data)
         return real(model, data, **kwargs)
 
-    unlearn.needs_adversarial = getattr(real, "needs_adversarial", False)
+    # functools.wraps copies what the method declares (unlearn.prepares, needs_retain)
     monkeypatch.setattr(module, "unlearn", unlearn)
     return calls
 
