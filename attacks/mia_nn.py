@@ -63,7 +63,7 @@ def _probs(logits: torch.Tensor) -> np.ndarray:
 
 def mia_nn(model, ctx, *, num_neighbors: int, C: Positive, folds: int, seed: int) -> dict[str, float]:
     """MIA-NN of `model` on the run's forgotten class (see the module docstring)."""
-    if ctx.split.kind != "class":
+    if ctx.split.class_id is None:  # not a class forgetting
         return {}
     f = ctx.split.class_id
     classes = ctx.memo(("mia_nn_classes", num_neighbors), lambda: _neighbours(ctx, f, num_neighbors))

@@ -36,6 +36,11 @@ class Split:
         return index_digest(self.retain_idx if which == "retain" else self.forget_idx)
 
 
+def forgets_class(spec) -> bool:
+    """Whether a forget spec forgets a whole class (forget=class)."""
+    return spec.get("kind") == "class"
+
+
 def index_digest(idx: np.ndarray) -> str:
     """sha256 of a set of indices (order-free): identifies a training subset in cache keys."""
     return hashlib.sha256(np.sort(np.asarray(idx)).astype(np.int64).tobytes()).hexdigest()

@@ -10,6 +10,7 @@ import torch
 from omegaconf import DictConfig
 
 from data.loader import Augment, Batches, Concat, Relabel
+from data.splits import forgets_class
 from runner.typed import ConfigError, check_target, import_target
 
 RetainPass = Literal["before", "after"]
@@ -111,6 +112,6 @@ def check_method(cfg: DictConfig) -> None:
                           "is not possible for it")
     for preparation in getattr(method, "prepares", ()):
         preparation.check(cfg.method)
-    if getattr(method, "needs_class_forget", False) and cfg.forget.kind != "class":
+    if getattr(method, "needs_class_forget", False) and not forgets_class(cfg.forget):
         raise ConfigError(f"method {cfg.method.name} forgets a whole class: use forget=class "
                           "forget.class_id=K")

@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig
 
 from data.loader import to_float
-from data.splits import Split
+from data.splits import Split, forgets_class
 from runner.typed import ConfigError, check_target
 
 
@@ -115,7 +115,7 @@ def accuracies(model: torch.nn.Module, ctx: EvalContext) -> dict[str, float]:
     forget_logits, forget_y = ctx.logits(model, "forget"), ctx.labels("forget")
     out["forget_confidence"] = float(torch.softmax(forget_logits.float(), 1)
                                      .gather(1, forget_y[:, None]).mean() * 100.0)
-    if ctx.split.kind == "class":
+    if ctx.split.class_id is not None:  # a whole class forgotten
         test_logits, test_y = ctx.logits(model, "test"), ctx.labels("test")
         in_class = test_y == ctx.split.class_id
         out["test_forget_acc"] = _acc(test_logits[in_class], test_y[in_class])
@@ -139,7 +139,7 @@ def check_evaluators(cfg: DictConfig) -> None:
     for name, node in cfg.eval.evaluators.items():
         fn = check_target(node, f"eval.evaluators.{name}", 2)
         names |= set(getattr(fn, "metric_names", ()))
-        if cfg.forget.kind == "class":
+        if forgets_class(cfg.forget):
             names |= set(getattr(fn, "class_metric_names", ()))
         shadows = node.get("num_shadows")
         if shadows is not None and shadows > cfg.reference.num_models:
