@@ -5,7 +5,7 @@ it on D_R.
 Each epoch: if it is one of the first `max_steps` epochs, a max pass over D_F ascends
   KD(x) = T^2 * KL(softmax(teacher(x) / T) || softmax(student(x) / T))
 then a min pass over D_R descends gamma * CE(student(x), y) + alpha * KD(x). The teacher sees the
-same augmented batch as the student (both run inside one module, so `fit` stays the one loop).
+same augmented batch as the student (both run inside one module, which `fit` trains).
 
 Choices where our protocol differs from SCRUB's code: the learning rate follows the shared step
 decay (`decay_every`, `decay_gamma`) instead of SCRUB's list of decay epochs; KD is averaged over
@@ -75,7 +75,8 @@ def unlearn(model: torch.nn.Module, data: UnlearnData, *, max_steps: int, alpha:
     pair = StudentTeacher(model)
     classes = data.num_classes
 
-    def loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def loss(pair: StudentTeacher, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = pair(x)
         student, teacher = out[:, :classes], out[:, classes:]
         kd = distill_kl(student, teacher, temperature)
         # A batch is all forget (KD alone; the stream's sign -1 makes it an ascent) or all retain.
@@ -89,7 +90,7 @@ def unlearn(model: torch.nn.Module, data: UnlearnData, *, max_steps: int, alpha:
     stream = Concat(FirstEpochs(forget, max_steps),
                     data.stream(retain_x, retain_y, batch_size, salt=1))
     finetune(pair, stream, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
-             decay_every=decay_every, decay_gamma=decay_gamma, loss_fn=loss_fn,
+             decay_every=decay_every, decay_gamma=decay_gamma, loss=loss,
              precision=data.precision, desc="scrub")
     return pair.student.eval()
 

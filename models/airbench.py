@@ -17,8 +17,8 @@ one-pixel translations; airbench94 evaluates with 2). The TTA applies in eval mo
 evaluator, attack and PGD step sees the same averaged logits; training sees one view.
 
 The whitening bias starts at zero and trains for the first `whiten_bias_epochs` epochs only
-(airbench: 3); the model says so in `epoch_limits()`, which the training loop's optimizer reads
-(`runner.optim.EpochAwareSGD`). airbench's lookahead EMA of the weights is the recipe's
+(airbench: 3); the model says so in `epoch_limits()`, which a training from scratch turns into a
+`runner.hooks.FreezeAfter`. airbench's lookahead EMA of the weights is the recipe's
 (`train.lookahead`). What is not kept: airbench's fp16 weights; precision is the recipe's
 (`train.precision: bf16` autocast). BatchNorm's epsilon defaults to airbench's 1e-12 (`bn_eps`). Its optimizer settings (Nesterov SGD,
 label smoothing 0.2, BN biases at 64x the learning rate, the warm-up/decay schedule) are the

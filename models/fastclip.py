@@ -4,8 +4,8 @@ After the FastClip paper (Boroojeny et al., AISTATS 2024, arXiv:2402.16017), as 
 states it; the spectral machinery (PowerQR, the clip of one layer) is in models/spectral.py.
 `ClipSpec` / `attach` / `Clipper`: clipping as a training option of a model (`model.clip=1.0`).
 `attach` gives the model a `fastclip` attribute (a plain object, not a submodule: the state_dict
-is unchanged); every optimizer `runner.optim.sgd` builds for the model then runs one warm-started
-PowerQR iteration per layer after each step (100 before the first), clips every layer every
+is unchanged); every `runner.train.fit` of the model (its `runner.hooks.Clip`) then runs one
+warm-started PowerQR iteration per layer after each step (100 before the first), clips every layer every
 `every` steps, and clips once more at the end of training until each layer is within
 `FINAL_TOLERANCE` of the target. Clipping stays with the model through `deepcopy`, so the
 unlearning methods' fine-tuning of a clipped model keeps it clipped.
@@ -77,7 +77,7 @@ class Clipper:
                        if isinstance(layer, AFFINE) and layer.weight.requires_grad}
 
     def trainable(self) -> bool:
-        """False for a frozen copy (SCRUB's teacher): an optimizer never clips it."""
+        """False for a frozen copy (SCRUB's teacher): a training never clips it."""
         return any(s.layer.weight.requires_grad for s in self.states.values())
 
     def after_step(self, step: int) -> None:
@@ -165,7 +165,7 @@ def attach(model: nn.Module, spec: ClipSpec, example: torch.Tensor) -> nn.Module
 
 
 def clippers_of(model: nn.Module) -> list[Clipper]:
-    """The Clippers of `model` and its submodules (an ensemble's members) that an optimizer of
+    """The Clippers of `model` and its submodules (an ensemble's members) that a training of
     `model` trains."""
     found = [getattr(m, "fastclip", None) for m in model.modules()]
     return [c for c in found if isinstance(c, Clipper) and c.trainable()]

@@ -4,8 +4,8 @@ A model trained from scratch (the original, the retrain oracle, a reference or s
 cache artifact; while its build holds the cache lock, `TrainCheckpoint` keeps the training state in
 the artifact's partial dir. A job that dies (SIGKILL, a node failure, a SLURM time limit) leaves the
 last checkpoint behind, and the next job that needs the artifact resumes from it and ends with the
-model an uninterrupted run makes: the checkpoint holds the weights, the optimizer and scheduler
-state, the step reached within the epoch, the batch generator's state at the start of that epoch
+model an uninterrupted run makes: the checkpoint holds the weights, the optimizer state, each
+training hook's state (the schedule, an EMA, FastClip's; runner.hooks), the step reached within the epoch, the batch generator's state at the start of that epoch
 (the resumed epoch replays the same permutation and augmentation draws, skipping the steps already
 done) and the global RNG state at the step.
 
@@ -18,8 +18,9 @@ exits); without one, `fit` raises `Preempted`. Either way the run is recorded as
 `fit`, and one that arrives as training returns is passed on to the restored handler: none is lost.
 
 A checkpoint resumes only on the device type, torch version and (on a CPU) intra-op thread count
-that wrote it (the generator states, or a CPU's floating-point reductions, differ between them); on
-another, training starts over with a warning. (The thread count is also in the model's cache key,
+that wrote it (the generator states, or a CPU's floating-point reductions, differ between them),
+and only into a training with the same kinds of hooks; otherwise training starts over with a
+warning. (The thread count is also in the model's cache key,
 so through the cache a resume at another count cannot happen; the check guards other callers.)
 The checkpoint stays after training ends: the cache removes the partial dir once the model is in
 place, so a job killed in between resumes at the end instead of starting over.
@@ -59,6 +60,11 @@ class Preempted(BaseException):
     launcher would otherwise record the job as failed and start the next job of the sweep)."""
 
 
+def _stateful(hooks) -> list:
+    """The hooks with a state to save (a gradient mask's or a test's probe has none)."""
+    return [hook for hook in hooks if hook.state_dict() is not None]
+
+
 class TrainCheckpoint:
     """The training state of one model, in `path`, saved every `every_s` seconds (0: after every
     step; None: only on a signal). `tag` names the model in messages."""
@@ -73,15 +79,14 @@ class TrainCheckpoint:
         self.loss_total: torch.Tensor | None = None  # of the resumed epoch's finished steps
 
     # -- what fit calls ---------------------------------------------------------------------
-    def resume(self, model, optimizer, scheduler, batches) -> tuple[int, int]:
+    def resume(self, model, optimizer, hooks, batches) -> tuple[int, int]:
         """Load the saved state into the objects; returns (epoch, steps done in it), (0, 0) when
         there is nothing to resume. `batches.gen` is left at the start of the saved epoch."""
         state = self._read()
         if state is None:
             return 0, 0
         device = next(model.parameters()).device
-        here = {"device_type": device.type, "torch": str(torch.__version__),
-                "cpu_threads": torch.get_num_threads() if device.type == "cpu" else None}
+        here = self._where(device, hooks)
         there = {k: state.get(k) for k in here}
         if there != here:
             log.warning("%s: the checkpoint was written with %s, this job runs %s: training "
@@ -92,8 +97,8 @@ class TrainCheckpoint:
         # It stepped before the checkpoint: torch's "scheduler before optimizer" warning, which a
         # run resumed at an epoch's end would print, does not apply.
         optimizer._opt_called = True
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
+        for hook, saved in zip(_stateful(hooks), state["hook_states"]):
+            hook.load_state_dict(saved)
         batches.gen.set_state(state["epoch_rng"])
         self._global_rng = state["global_rng"]
         self.loss_total = state["loss_total"]
@@ -112,7 +117,7 @@ class TrainCheckpoint:
     def epoch_start(self, batches) -> None:
         self._epoch_rng = batches.gen.get_state()
 
-    def after_step(self, epoch: int, step: int, model, optimizer, scheduler,
+    def after_step(self, epoch: int, step: int, model, optimizer, hooks,
                    loss_total: torch.Tensor) -> None:
         """Save if it is time or a signal came; then hand the signal on (see the module doc)."""
         due = self.every_s is not None and time.monotonic() - self._last_save >= self.every_s
@@ -120,11 +125,9 @@ class TrainCheckpoint:
             return
         device = next(model.parameters()).device
         self._write({
-            "tag": self.tag, "epoch": epoch, "step": step,
-            "device_type": device.type, "torch": str(torch.__version__),
-            "cpu_threads": torch.get_num_threads() if device.type == "cpu" else None,
+            "tag": self.tag, "epoch": epoch, "step": step, **self._where(device, hooks),
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "hook_states": [hook.state_dict() for hook in _stateful(hooks)],
             "epoch_rng": self._epoch_rng, "loss_total": loss_total.detach().cpu(),
             "global_rng": {"cpu": torch.get_rng_state(),
                            "cuda": (torch.cuda.get_rng_state(device)
@@ -133,11 +136,11 @@ class TrainCheckpoint:
         while self.pending:
             self._hand_on(self.pending.pop(0), epoch, step)
 
-    def finish(self, epochs: int, model, optimizer, scheduler) -> None:
+    def finish(self, epochs: int, model, optimizer, hooks) -> None:
         """At the end of training: a signal that came after the last step is handled as in
         `after_step`, with a checkpoint of the finished training (epoch `epochs`, nothing left)."""
         if self.pending:
-            self.after_step(epochs, 0, model, optimizer, scheduler, torch.zeros(()))
+            self.after_step(epochs, 0, model, optimizer, hooks, torch.zeros(()))
 
     @contextmanager
     def catching_signals(self):
@@ -160,6 +163,13 @@ class TrainCheckpoint:
                     signal.raise_signal(s)
 
     # -- internals --------------------------------------------------------------------------
+    @staticmethod
+    def _where(device: torch.device, hooks) -> dict:
+        """What a checkpoint must share with the training that resumes it."""
+        return {"device_type": device.type, "torch": str(torch.__version__),
+                "cpu_threads": torch.get_num_threads() if device.type == "cpu" else None,
+                "hooks": [type(hook).__name__ for hook in _stateful(hooks)]}
+
     def _note_signal(self, signum, frame) -> None:
         # Only a note: the step in flight finishes and after_step saves.
         if signum not in self.pending:

@@ -28,6 +28,7 @@ from models.ensemble import Ensemble, Mean, ensemble_loss, lotos_penalty, stretc
 from models.spectral import spectral_norms
 from runner.cache import Cache, key_of
 from runner.plan import Plan
+from runner.train import on_logits
 from runner.evaluate import predict
 from runner.typed import ConfigError
 from runner.trained import (RunState, eval_batch_size, load_dataset, new_model, resolve_device,
@@ -169,7 +170,7 @@ def run_ensemble(cfg: DictConfig, run_dir: Path) -> dict:
         loss = ensemble_loss(ensemble, label_smoothing=cfg.train.label_smoothing,
                              lotos_weight=e.lotos_weight, mal=e.lotos_mal)
         ensemble = train_or_load(cfg, cache, "ensemble", ds, train_idx, device,
-                                 state, model=ensemble, extra_spec=spec, loss_fn=loss)
+                                 state, model=ensemble, extra_spec=spec, loss=on_logits(loss))
     with state.stage("evaluate"):
         metrics = evaluate(ensemble, ds.test_x, ds.test_y, e.attack, eval_batch_size(cfg, device))
         if cfg.model.get("clip") is not None:

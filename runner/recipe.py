@@ -127,7 +127,7 @@ ScheduleNode = dataclasses.make_dataclass("ScheduleNode", [("name", str, MISSING
 
 @dataclass
 class Lookahead:
-    """airbench's EMA of the weights (runner.optim.EpochAwareSGD)."""
+    """airbench's EMA of the weights (runner.hooks.Lookahead)."""
 
     start_epochs: int = MISSING
     decay_base: float = MISSING

@@ -1,8 +1,9 @@
 """THE training loop. One `fit` trains the original, the retrain oracle and every fine-tuning method.
 
 A batch stream yields `(x, y, sign)`: sign +1 descends on the stream's loss, -1 ascends (gradient
-ascent); `data.loader.Concat` chains streams into one epoch. `grad_hook(model)` runs between
-backward and the optimizer step (SalUn's saliency mask is one).
+ascent); `data.loader.Concat` chains streams into one epoch. The loss is a function of
+`(model, x, y)`; everything else a training does (schedules, gradient masks, airbench's EMA and
+bias freeze, FastClip) is a hook in `runner.hooks`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import math
 import sys
 from contextlib import nullcontext
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,13 +21,13 @@ from tqdm import tqdm
 
 from data.loader import Batches, to_float
 from runner.checkpoint import TrainCheckpoint
-from runner.optim import EpochAwareSGD, sgd
+from runner.hooks import Clip, FreezeAfter, GradHook, Hook, Lookahead, Schedule
+from runner.optim import sgd
 from runner.recipe import make_scheduler
 
 log = logging.getLogger("runner.train")
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-GradHook = Callable[[torch.nn.Module], None]
+Loss = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
@@ -45,23 +46,41 @@ def check_finite(model: torch.nn.Module, what: str) -> None:
                        "learning rate may train")
 
 
+def cross_entropy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The default loss of `fit`: the model's cross-entropy on the batch."""
+    return F.cross_entropy(model(x), y)
+
+
+def on_logits(criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Loss:
+    """A `fit` loss from a criterion of (logits, labels)."""
+    return lambda model, x, y: criterion(model(x), y)
+
+
 def fit(model: torch.nn.Module, batches: Iterable, *, epochs: int,
-        optimizer: torch.optim.Optimizer, scheduler=None, loss_fn: LossFn = F.cross_entropy,
-        grad_hook: GradHook | None = None, precision: str = "fp32",
-        desc: str = "train", checkpoint: TrainCheckpoint | None = None) -> torch.nn.Module:
+        optimizer: torch.optim.Optimizer, hooks: Sequence[Hook] = (), scheduler=None,
+        grad_hook: Callable[[torch.nn.Module], None] | None = None, loss: Loss = cross_entropy,
+        precision: str = "fp32", desc: str = "train",
+        checkpoint: TrainCheckpoint | None = None) -> torch.nn.Module:
     """Train `model` in place for `epochs` passes over `batches`; returns the model in eval mode.
-    With `checkpoint` (batches must be one `Batches` stream), training resumes from its saved
-    state, if any, and saves its state as it goes (runner.checkpoint)."""
+
+    Each step: `loss(model, x, y)` (under autocast at `precision`) times the batch's sign,
+    backward, the hooks' `after_backward`, the optimizer's step, the hooks' `after_step`
+    (runner.hooks). `scheduler` and `grad_hook` are short for the hooks `Schedule(scheduler)` and
+    `GradHook(grad_hook)`; a model that carries FastClip gets its `Clip` hook. With `checkpoint`
+    (batches must be one `Batches` stream), training resumes from its saved state, if any, and
+    saves its state as it goes (runner.checkpoint)."""
     dtype = PRECISIONS[precision]
     device = next(model.parameters()).device
-    steps = epochs * len(batches)
-    per_step = getattr(scheduler, "per_step", False)
+    hooks = [*([Schedule(scheduler)] if scheduler is not None else []),
+             *([GradHook(grad_hook)] if grad_hook is not None else []), *hooks,
+             *Clip.of(model, functools.partial(recompute_batch_norm, dtype=dtype))]
     start_epoch, done = 0, 0  # where a resumed run picks up: its epoch, and steps done in it
     if checkpoint is not None:
-        start_epoch, done = checkpoint.resume(model, optimizer, scheduler, batches)
+        start_epoch, done = checkpoint.resume(model, optimizer, hooks, batches)
+    steps = start_epoch * len(batches) + done  # optimizer steps done (a checkpoint: one stream)
     # A bar only where someone watches a terminal and the loop is long enough to wait on.
-    bar = tqdm(total=steps, initial=start_epoch * len(batches) + done, desc=desc, leave=False,
-               disable=not sys.stderr.isatty() or steps < 200)
+    bar = tqdm(total=epochs * len(batches), initial=steps, desc=desc, leave=False,
+               disable=not sys.stderr.isatty() or epochs * len(batches) < 200)
     with checkpoint.catching_signals() if checkpoint is not None else nullcontext():
         for epoch in range(start_epoch, epochs):
             model.train()
@@ -76,31 +95,31 @@ def fit(model: torch.nn.Module, batches: Iterable, *, epochs: int,
                     continue
                 with torch.autocast(device.type, dtype=dtype or torch.float32,
                                     enabled=dtype is not None):
-                    loss = loss_fn(model(x), y)
+                    value = loss(model, x, y)
                 optimizer.zero_grad(set_to_none=True)
-                (loss * sign).backward()
-                if grad_hook is not None:
-                    grad_hook(model)
+                (value * sign).backward()
+                for hook in hooks:
+                    hook.after_backward(model, steps)
                 optimizer.step()
-                if per_step:
-                    scheduler.step()
-                total += loss.detach().float()
+                steps += 1
+                for hook in hooks:
+                    hook.after_step(model, steps)
+                total += value.detach().float()
                 bar.update()
                 if checkpoint is not None:
-                    checkpoint.after_step(epoch, step, model, optimizer, scheduler, total)
+                    checkpoint.after_step(epoch, step, model, optimizer, hooks, total)
             done = 0
-            if scheduler is not None and not per_step:
-                scheduler.step()
+            for hook in hooks:
+                hook.after_epoch(model, epoch + 1)
             mean_loss = total.item() / max(len(batches), 1)  # one sync per epoch
             if not math.isfinite(mean_loss):
                 raise Diverged(f"{desc}: the loss became {mean_loss} in epoch {epoch + 1} of "
                                f"{epochs}; a lower learning rate may train")
             log.debug("%s epoch %d/%d loss %.4f", desc, epoch + 1, epochs, mean_loss)
-        if isinstance(optimizer, EpochAwareSGD) and optimizer.clippers:
-            optimizer.finish()  # the last clip moves the weights under the BN statistics:
-            recompute_batch_norm(model, batches, dtype)
+        for hook in hooks:
+            hook.finish(model, batches)
         if checkpoint is not None:
-            checkpoint.finish(epochs, model, optimizer, scheduler)
+            checkpoint.finish(epochs, model, optimizer, hooks)
     bar.close()
     return model.eval()
 
@@ -137,11 +156,11 @@ def recompute_batch_norm(model: torch.nn.Module, batches: Iterable,
 
 def train_from_scratch(model: torch.nn.Module, batches, recipe, *, desc: str = "train",
                        whiten_samples: int = 5000, checkpoint: TrainCheckpoint | None = None,
-                       loss_fn: LossFn | None = None) -> torch.nn.Module:
+                       loss: Loss | None = None) -> torch.nn.Module:
     """Train a freshly built model with a recipe (a `conf/train` node): SGD (Nesterov, BN-bias lr
-    scale; the lookahead EMA, the `epoch_limits()` of the model's parts and FastClip through
-    `EpochAwareSGD`), the recipe's schedule, label smoothing, precision, and `torch.compile` when
-    asked. `loss_fn` replaces the recipe's label-smoothed cross-entropy (an ensemble's joint loss).
+    scale), the recipe's schedule, the lookahead EMA and the `epoch_limits()` of the model's parts
+    (runner.hooks), label smoothing, precision, and `torch.compile` when asked. `loss` replaces
+    the recipe's label-smoothed cross-entropy (an ensemble's joint loss).
 
     A part with `init_from_data(images)` (airbench's whitening layer; each member of an ensemble)
     first gets `whiten_samples` training images, evenly spaced through the set so every class is
@@ -157,28 +176,31 @@ def train_from_scratch(model: torch.nn.Module, batches, recipe, *, desc: str = "
         if hasattr(part, "epoch_limits"):
             limits.update({f"{prefix}.{name}" if prefix else name: epochs
                            for name, epochs in part.epoch_limits().items()})
-    lookahead = None if recipe.lookahead is None else dict(recipe.lookahead)
+    steps_per_epoch = len(batches)
     opt = sgd(model, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
-              nesterov=recipe.nesterov, bias_lr_scale=recipe.bias_lr_scale,
-              steps_per_epoch=len(batches), total_steps=recipe.epochs * len(batches),
-              epoch_limits=limits, lookahead=lookahead)
-    sched = make_scheduler(opt, epochs=recipe.epochs, steps_per_epoch=len(batches),
-                           **recipe.schedule)
-    if loss_fn is None:
-        loss_fn = functools.partial(F.cross_entropy, label_smoothing=recipe.label_smoothing)
+              nesterov=recipe.nesterov, bias_lr_scale=recipe.bias_lr_scale)
+    hooks = [Schedule(make_scheduler(opt, epochs=recipe.epochs, steps_per_epoch=steps_per_epoch,
+                                     **recipe.schedule))]
+    if limits:
+        hooks.append(FreezeAfter(model, limits, steps_per_epoch))
+    if recipe.lookahead is not None:
+        hooks.append(Lookahead(model, dict(recipe.lookahead), steps_per_epoch,
+                               recipe.epochs * steps_per_epoch))
+    if loss is None:
+        loss = on_logits(functools.partial(F.cross_entropy,
+                                           label_smoothing=recipe.label_smoothing))
     runnable = torch.compile(model) if recipe.compile else model
-    fit(runnable, batches, epochs=recipe.epochs, optimizer=opt, scheduler=sched, loss_fn=loss_fn,
+    fit(runnable, batches, epochs=recipe.epochs, optimizer=opt, hooks=hooks, loss=loss,
         precision=recipe.precision, desc=desc, checkpoint=checkpoint)
     return model.eval()
 
 
 def finetune(model: torch.nn.Module, batches: Iterable, *, epochs: int, lr: float,
              momentum: float, weight_decay: float, decay_every: int, decay_gamma: float,
-             loss_fn: LossFn = F.cross_entropy, grad_hook: GradHook | None = None,
+             loss: Loss = cross_entropy, grad_hook: Callable[[torch.nn.Module], None] | None = None,
              precision: str = "fp32", desc: str = "unlearn") -> torch.nn.Module:
     """The unlearning papers' fine-tuning: SGD with momentum, step decay every `decay_every` epochs."""
-    opt = sgd(model, lr=lr, momentum=momentum, weight_decay=weight_decay,
-              steps_per_epoch=len(batches), total_steps=epochs * len(batches))
+    opt = sgd(model, lr=lr, momentum=momentum, weight_decay=weight_decay)
     sched = make_scheduler(opt, name="step", epochs=epochs, step_size=decay_every, gamma=decay_gamma)
-    return fit(model, batches, epochs=epochs, optimizer=opt, scheduler=sched, loss_fn=loss_fn,
+    return fit(model, batches, epochs=epochs, optimizer=opt, scheduler=sched, loss=loss,
                grad_hook=grad_hook, precision=precision, desc=desc)

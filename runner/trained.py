@@ -99,8 +99,8 @@ def load_dataset(cfg: DictConfig) -> datasets.Dataset:
 # the loop, its optimizer and schedules, the batch stream, and the checkpoint replay.
 REPO = Path(__file__).resolve().parent.parent
 TRAINING_FILES = (*sorted((REPO / "models").glob("*.py")),
-                  *(REPO / "runner" / f for f in ("train.py", "trained.py", "optim.py", "recipe.py",
-                                                  "checkpoint.py")),
+                  *(REPO / "runner" / f for f in ("train.py", "trained.py", "optim.py", "hooks.py",
+                                                  "recipe.py", "checkpoint.py")),
                   REPO / "data" / "loader.py")
 TRAINING_CODE = code_fingerprint(TRAINING_FILES)
 
@@ -154,27 +154,27 @@ def new_model(cfg: DictConfig, device: torch.device, seed: int) -> torch.nn.Modu
 
 def fit_new_model(cfg: DictConfig, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                   seed: int, desc: str, checkpoint: TrainCheckpoint | None = None,
-                  loss_fn=None) -> torch.nn.Module:
+                  loss=None) -> torch.nn.Module:
     """Train `new_model(...)` on images x (uint8, on its device) with the run's recipe and the
-    dataset's augmentation, batches shuffled from `seed`; resumable with `checkpoint`; `loss_fn`
+    dataset's augmentation, batches shuffled from `seed`; resumable with `checkpoint`; `loss`
     replaces the recipe's loss (see train_from_scratch)."""
     recipe = cfg.train
     batches = Batches(x, y, batch_size=recipe.batch_size, shuffle=True, seed=seed,
                       augment=Augment(**cfg.dataset.augment), channels_last=recipe.channels_last)
     return train_from_scratch(model, batches, recipe, desc=desc, checkpoint=checkpoint,
-                              loss_fn=loss_fn)
+                              loss=loss)
 
 
 def train_or_load(cfg: DictConfig, cache: Cache, kind: str, ds: datasets.Dataset,
                   train_idx: np.ndarray, device: torch.device, state: RunState, *,
                   seed: int | None = None, population: bool = False,
                   desc: str | None = None, model: torch.nn.Module | None = None,
-                  extra_spec: dict | None = None, loss_fn=None) -> torch.nn.Module:
+                  extra_spec: dict | None = None, loss=None) -> torch.nn.Module:
     """A model trained from scratch on `train_idx` with the run's recipe, via the cache. With
     `population`, train_idx indexes train + test (a reference model); `seed` replaces cfg.seed.
     Its training saves checkpoints in the cache (`cfg.checkpoint`), so a killed job's rerun
     resumes it. `model` (default: `new_model`), `extra_spec` (added to its cache key) and
-    `loss_fn` train something else, such as an ensemble, the same way."""
+    `loss` train something else, such as an ensemble, the same way."""
     train_idx = np.sort(train_idx)  # the key is order-free, so the training order must be too
     seed = cfg.seed if seed is None else seed
     model = new_model(cfg, device, seed) if model is None else model
@@ -189,7 +189,7 @@ def train_or_load(cfg: DictConfig, cache: Cache, kind: str, ds: datasets.Dataset
         checkpoint = (TrainCheckpoint(partial / "train.ckpt", cfg.checkpoint.every_s,
                                       tag=f"{kind}/{key}") if partial else None)
         fit_new_model(cfg, model, x[idx], y[idx], seed, desc=desc or kind, checkpoint=checkpoint,
-                      loss_fn=loss_fn)
+                      loss=loss)
         check_finite(model, desc or kind)  # a diverged model is never cached
         save_model(directory, model)
 

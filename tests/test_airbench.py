@@ -189,8 +189,8 @@ def _reference_lookahead_run(model, data, *, lr, steps_per_epoch, epochs, la, li
     return model
 
 
-def test_epoch_aware_sgd_is_airbenchs_lookahead_and_bias_freeze():
-    from runner.optim import EpochAwareSGD
+def test_the_hooks_are_airbenchs_lookahead_and_bias_freeze():
+    from runner.hooks import FreezeAfter, Hook, Lookahead
     torch.manual_seed(0)
     data = [(torch.randn(16, 3), torch.randint(0, 2, (16,))) for _ in range(4)]  # 4 steps/epoch
     la = dict(start_epochs=1, decay_base=0.9, decay_pow=2.0, every_n_steps=3)
@@ -203,25 +203,25 @@ def test_epoch_aware_sgd_is_airbenchs_lookahead_and_bias_freeze():
     reference = _reference_lookahead_run(net(), data, lr=0.1, steps_per_epoch=4, epochs=5, la=la,
                                          limit_epochs=2)
     ours = net()
-    opt = EpochAwareSGD(ours, ours.parameters(), steps_per_epoch=4, total_steps=20,
-                        epoch_limits={"3.bias": 2}, lookahead=la, lr=0.1, momentum=0.9,
-                        nesterov=True)
+    opt = torch.optim.SGD(ours.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    lookahead = Lookahead(ours, la, steps_per_epoch=4, total_steps=20)
     bias_after = []
-    for epoch in range(5):
-        for x, y in data:
-            opt.zero_grad(set_to_none=True)
-            torch.nn.functional.cross_entropy(ours(x), y).backward()
-            opt.step()
-        bias_after.append(ours[3].bias.detach().clone())
+
+    class BiasAfterEachEpoch(Hook):
+        def after_epoch(self, model, epoch):
+            bias_after.append(ours[3].bias.detach().clone())
+
+    fit(ours, [(x, y, 1.0) for x, y in data], epochs=5, optimizer=opt,
+        hooks=[FreezeAfter(ours, {"3.bias": 2}, steps_per_epoch=4), lookahead,
+               BiasAfterEachEpoch()])
     # The BatchNorm statistics are averaged too: compare the whole state.
     for k, v in reference.state_dict().items():
         assert torch.allclose(ours.state_dict()[k], v.to(ours.state_dict()[k].dtype),
                               atol=1e-6), k
     assert (bias_after[1] - bias_after[0]).abs().max() > 1e-3  # it trains in epochs 1 and 2 ...
     assert all(torch.equal(bias_after[1], b) for b in bias_after[2:])  # ... then no more
-    ema_in_state = opt.state_dict()["epoch_aware"]
-    assert ema_in_state["steps"] == 20 and set(ema_in_state["ema"]) == set(ours.state_dict()) - {
-        "1.num_batches_tracked"}
+    ema_in_state = lookahead.state_dict()
+    assert set(ema_in_state["ema"]) == set(ours.state_dict()) - {"1.num_batches_tracked"}
 
 
 def test_whitening_bias_starts_at_zero_and_trains_three_epochs():

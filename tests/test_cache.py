@@ -91,5 +91,5 @@ def test_the_training_fingerprint_covers_every_file_a_training_runs():
 
     names = {str(p.relative_to(REPO)) for p in TRAINING_FILES}
     assert {"models/build.py", "models/spectral.py", "models/fastclip.py", "runner/train.py",
-            "runner/optim.py", "runner/recipe.py", "runner/checkpoint.py",
+            "runner/optim.py", "runner/hooks.py", "runner/recipe.py", "runner/checkpoint.py",
             "data/loader.py"} <= names

@@ -17,6 +17,7 @@ from runner.cache import Cache
 from runner.checkpoint import Preempted, TrainCheckpoint
 from runner.config import ConfigError, validate
 from models.fastclip import ClipSpec, attach
+from runner.hooks import FreezeAfter, Lookahead, Schedule
 from runner.optim import sgd
 from runner.recipe import make_scheduler
 from runner.train import fit
@@ -47,18 +48,19 @@ def _setup(schedule="triangle"):
                       augment=Augment(crop_pad=1, flip=True))
     if schedule == "clip":
         attach(model, ClipSpec(target=1.0, every=7), X[:1].float())
-    epoch_aware = {} if schedule != "lookahead" else dict(epoch_limits={"5.bias": 2},
-                                                          lookahead=LOOKAHEAD)
-    epoch_aware.update(steps_per_epoch=len(batches), total_steps=EPOCHS * len(batches))
-    opt = sgd(model, lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True, **epoch_aware)
+    opt = sgd(model, lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
     sched = make_scheduler(opt, epochs=EPOCHS, steps_per_epoch=len(batches),
                            **SCHEDULES["triangle" if schedule in ("lookahead", "clip") else schedule])
-    return model, batches, opt, sched
+    hooks = [Schedule(sched)]
+    if schedule == "lookahead":
+        hooks += [FreezeAfter(model, {"5.bias": 2}, len(batches)),
+                  Lookahead(model, LOOKAHEAD, len(batches), EPOCHS * len(batches))]
+    return model, batches, opt, hooks
 
 
 def _train(checkpoint=None, grad_hook=None, precision="fp32", schedule="triangle"):
-    model, batches, opt, sched = _setup(schedule)
-    fit(model, batches, epochs=EPOCHS, optimizer=opt, scheduler=sched, grad_hook=grad_hook,
+    model, batches, opt, hooks = _setup(schedule)
+    fit(model, batches, epochs=EPOCHS, optimizer=opt, hooks=hooks, grad_hook=grad_hook,
         precision=precision, checkpoint=checkpoint)
     return model
 
