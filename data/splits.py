@@ -41,6 +41,15 @@ def forgets_class(spec) -> bool:
     return spec.get("kind") == "class"
 
 
+def describe(spec) -> str:
+    """A forget spec in a table's words: `class 3`, `10%` or `n=500`."""
+    if forgets_class(spec):
+        return f"class {spec.get('class_id')}"
+    if spec.get("fraction") is not None:
+        return f"{spec['fraction'] * 100:g}%"
+    return f"n={spec.get('count')}"
+
+
 def index_digest(idx: np.ndarray) -> str:
     """sha256 of a set of indices (order-free): identifies a training subset in cache keys."""
     return hashlib.sha256(np.sort(np.asarray(idx)).astype(np.int64).tobytes()).hexdigest()

@@ -28,6 +28,7 @@ from models.ensemble import Ensemble, Mean, ensemble_loss, lotos_penalty, stretc
 from models.spectral import spectral_norms
 from runner.cache import Cache, key_of
 from runner.plan import Plan
+from runner.table import Table
 from runner.train import on_logits
 from runner.evaluate import predict
 from runner.typed import ConfigError
@@ -180,3 +181,19 @@ def run_ensemble(cfg: DictConfig, run_dir: Path) -> dict:
     return {"stage": "ensemble", "dataset": cfg.dataset.name, "seed": cfg.seed,
             "ensemble": metrics, "plan": plan.record(), "cache_keys": state.cache_keys, "cache_hits": state.cache_hits,
             "stage_seconds": state.stage_seconds, "device": str(device)}
+
+
+def _table_row(cfg: dict) -> tuple[str, str, str]:
+    e = cfg.get("ensemble", {})
+    kind = f"LOTOS {e.get('lotos_weight')}" if e.get("lotos_weight") else "independent"
+    return cfg.get("dataset", {}).get("name", "?"), f"{e.get('members')} members", kind
+
+
+def _table_value(r: dict, column: str) -> float:
+    value = r["ensemble"][column]  # a list (one value per member) enters as its mean
+    return float(np.mean(value)) if isinstance(value, list) else value
+
+
+TABLE = Table(_table_row, _table_value, ("member_acc", "ensemble_acc", "member_robust_acc",
+                                         "ensemble_robust_acc", "transfer_rate_mean"),
+              headers=("ensemble", "training"), regime=False)

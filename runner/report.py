@@ -1,5 +1,6 @@
 """`python -m runner.report DIR`: one table from every metrics.json under DIR (a sweep dir).
-A sweep of stage=ensemble runs gets a table of its own: ensemble accuracy, robustness, transfer.
+A sweep of one stage with a table of its own (runner.table; stage=ensemble: ensemble accuracy,
+robustness, transfer) gets that table.
 
 Rows are methods (per dataset and forget spec); cells are the unlearned model's metrics as
 mean ± sample std (ddof=1) over the runs whose resolved configs differ only in seeds (`seed`,
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -25,14 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from runner.results import METRICS_FILE
-
-COLUMNS = ("forget_acc", "retain_acc", "test_acc", "mia_efficacy", "avg_gap")
-# stage=ensemble runs (runner/ensemble.py): lists (one value per member) enter as their mean.
-ENSEMBLE_COLUMNS = ("member_acc", "ensemble_acc", "member_robust_acc", "ensemble_robust_acc",
-                    "transfer_rate_mean")
-METHOD_ORDER = ("original", "retrain", "ft", "rl", "ga", "bs", "be", "l1_sparse", "salun", "scrub",
-                "amun", "amun_salun", "amun_a", "trw")
-
+from runner.table import COLUMNS, UNLEARN_TABLE, Table
 
 def load_results(root: Path) -> list[dict]:
     results = []
@@ -65,34 +60,14 @@ def setting_of(r: dict) -> dict[str, str]:
             if not any(k == n or (n.endswith(".") and k.startswith(n)) for n in NOT_SETTINGS)}
 
 
+def table_of(r: dict) -> Table:
+    """The table the stage of a run's config (runner.stages) puts it in."""
+    from runner.stages import stage_of  # the report itself needs none of the stages' code
+    return stage_of(r.get("config", {}).get("stage", "unlearn")).table
+
+
 def _row_key(r: dict) -> tuple[str, str, str]:
-    cfg = r.get("config", {})
-    if cfg.get("stage") == "ensemble":
-        e = cfg.get("ensemble", {})
-        kind = f"LOTOS {e.get('lotos_weight')}" if e.get("lotos_weight") else "independent"
-        return cfg.get("dataset", {}).get("name", "?"), f"{e.get('members')} members", kind
-    forget = cfg.get("forget", {})
-    if forget.get("kind") == "class":
-        spec = f"class {forget.get('class_id')}"
-    else:
-        spec = (f"{forget['fraction'] * 100:g}%" if forget.get("fraction") is not None
-                else f"n={forget.get('count')}")
-    method = cfg.get("method", {}).get("name", "?")
-    if cfg.get("method", {}).get("use_retain") is False:
-        method += " (no D_R)"
-    return cfg.get("dataset", {}).get("name", "?"), spec, method
-
-
-def _value(r: dict, column: str) -> float:
-    if r.get("stage") == "ensemble":
-        value = r["ensemble"][column]
-        return float(np.mean(value)) if isinstance(value, list) else value
-    if column == "avg_gap":
-        return r["avg_gap"]
-    if column not in r["metrics"]["unlearned"]:
-        raise SystemExit(f"{column!r} is not a metric of {r.get('run_dir', 'a run')}; it has "
-                         f"{sorted(r['metrics']['unlearned'])}")
-    return r["metrics"]["unlearned"][column]
+    return table_of(r).row(r.get("config", {}))
 
 
 def _cell(values: list[float]) -> str:
@@ -101,12 +76,6 @@ def _cell(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.2f}"
     return f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
-
-
-def _sort_key(key: tuple[str, str, str]):
-    base = key[2].split(" ")[0]
-    rank = METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER)
-    return key[0], key[1], rank, key[2]
 
 
 def _labels(groups: dict[tuple, list[dict]]) -> dict[tuple, tuple[str, str, str]]:
@@ -133,7 +102,7 @@ def status_of(r: dict) -> str:
 
 def _runs_cell(runs: list[dict]) -> str:
     ok = [r for r in runs if r.get("status") == "ok"]
-    seeds = [(r["config"].get("seed"), r["config"].get("forget", {}).get("seed")) for r in ok]
+    seeds = [_seeds(r) for r in ok]
     dups = len(seeds) - len(set(seeds))
     notes = [f"{n} {s}" for s, n in sorted(Counter(status_of(r) for r in runs).items())
              if s != "ok"]
@@ -182,29 +151,39 @@ def never_started(root: Path) -> list[str]:
     return missing
 
 
-def _original_view(r: dict) -> dict:
-    """A retrain run seen as a row for the original model (before unlearning) of its seed."""
-    metrics = r["metrics"]
-    gap = float(np.mean([abs(metrics["original"][n] - metrics["retrain"][n])
-                         for n in r["gap_metrics"]]))
-    config = {**r["config"], "method": {"name": "original"}}
-    return {**r, "config": config, "avg_gap": gap, "metrics": {"unlearned": metrics["original"]}}
+def _natural(path: str) -> list:
+    """A sort key in which job dir `2_...` comes before `10_...`."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path)]
+
+
+def _seeds(r: dict) -> tuple:
+    return r["config"].get("seed"), r["config"].get("forget", {}).get("seed")
 
 
 def make_table(results: list[dict], columns=COLUMNS) -> list[list[str]]:
-    """Header row then one row per (dataset, forget spec, method, other settings); an `original`
-    row (the model before unlearning, from the retrain runs) where the sweep has retrain runs."""
+    """Header row then one row per (dataset, forget spec, method, other settings), plus the rows
+    each stage's table derives from its runs (the `original` row, one run per seed). Within a
+    dataset and forget spec, rows come in the order of the sweep's jobs (the derived first)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
-    originals = [_original_view(r) for r in results
-                 if r.get("status") == "ok" and r.get("method") == "retrain" and "gap_metrics" in r]
-    for r in results + originals:
-        groups[(*_row_key(r), tuple(sorted(setting_of(r).items())))].append(r)
+    derived: dict[tuple, dict] = {}
+    for table in dict.fromkeys(table_of(r) for r in results):
+        for view in table.derived([r for r in results if table_of(r) is table]):
+            key = (*_row_key(view), tuple(sorted(setting_of(view).items())))
+            derived.setdefault((key, _seeds(view)), view)
+    for (key, _), view in derived.items():
+        groups[key].append(view)
+    rank = {key: -1 for key, _ in derived}
+    for r in sorted(results, key=lambda r: _natural(str(r.get("run_dir", "")))):
+        key = (*_row_key(r), tuple(sorted(setting_of(r).items())))
+        groups[key].append(r)
+        rank.setdefault(key, len(rank))
     labels = _labels(groups)
     rows = [["dataset", "forget", "method", *columns, "runs"]]
-    for key in sorted(groups, key=lambda k: _sort_key(labels[k])):
+    for key in sorted(groups, key=lambda k: (*labels[k][:2], rank[k], labels[k][2])):
         ok = [r for r in groups[key] if r.get("status") == "ok"]
         if ok:
-            cells = [_cell([_value(r, c) for r in ok]) for c in columns]
+            value = table_of(ok[0]).value
+            cells = [_cell([value(r, c) for r in ok]) for c in columns]
         else:  # says why there is no number
             cells = ["/".join(sorted({status_of(r) for r in groups[key]}))] * len(columns)
         rows.append([*labels[key], *cells, _runs_cell(groups[key])])
@@ -220,7 +199,7 @@ def regime(results: list[dict]) -> list[str]:
     for r in results:
         if r.get("status") != "ok" or "metrics" not in r or "original" not in r["metrics"]:
             continue
-        seeds = (r["config"].get("seed"), r["config"].get("forget", {}).get("seed"))
+        seeds = _seeds(r)
         by_cell[_row_key(r)[:2]].setdefault(seeds, r)  # one run per seed: the models are shared
     seconds: dict[tuple, list[float]] = defaultdict(list)
     for r in results:
@@ -257,25 +236,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--out", type=Path, default=None, help="where table.md/csv go (default: sweep_dir)")
-    parser.add_argument("--columns", default=",".join(COLUMNS),
+    parser.add_argument("--columns", default=None,
                         help="comma-separated metrics of the unlearned model, and avg_gap "
-                             f"(default: {','.join(COLUMNS)}; for stage=ensemble runs "
-                             f"{','.join(ENSEMBLE_COLUMNS)})")
+                             f"(default: {','.join(COLUMNS)}; for a sweep of one stage with a "
+                             "table of its own, such as stage=ensemble, that table's)")
     args = parser.parse_args(argv)
     results = load_results(args.sweep_dir)
     if not results:
         print(f"no {METRICS_FILE} under {args.sweep_dir}", file=sys.stderr)
         return 1
-    ensembles = all(r.get("config", {}).get("stage") == "ensemble" for r in results)
-    columns = (ENSEMBLE_COLUMNS if ensembles and args.columns == ",".join(COLUMNS)
-               else tuple(args.columns.split(",")))
+    tables = set(map(table_of, results))
+    table = tables.pop() if len(tables) == 1 else UNLEARN_TABLE
+    columns = table.columns if args.columns is None else tuple(args.columns.split(","))
     rows = make_table(results, columns=columns)
-    if ensembles:
-        rows[0][1:3] = ["ensemble", "training"]
+    rows[0][1:3] = table.headers
     problems = [f"- {line}" for line in not_finished(results)]
     problems += [f"- never started: {job}" for job in never_started(args.sweep_dir)]
     markdown = to_markdown(rows)
-    regime_lines = [] if ensembles else regime(results)
+    regime_lines = regime(results) if table.regime else []
     if regime_lines:
         markdown += "\nThe regime (accuracies in %):\n\n" + "\n".join(regime_lines) + "\n"
     if problems:

@@ -10,9 +10,10 @@ from typing import Callable
 
 from omegaconf import DictConfig
 
-from runner.ensemble import run_ensemble
+from runner import ensemble
 from runner.pipeline import run, run_reference
 from runner.results import ROLES, summary_rows
+from runner.table import UNLEARN_TABLE, Table
 from runner.typed import ConfigError
 
 
@@ -22,6 +23,7 @@ class Stage:
     what: Callable[[DictConfig], str]       # the run name's first part
     summary: Callable[[dict], list[str]]    # lines printed when the run ends
     scalars: Callable[[dict], dict]         # what a logger records, flat
+    table: Table = UNLEARN_TABLE            # how runner.report puts its runs in a table
 
 
 def _unlearn_summary(result: dict) -> list[str]:
@@ -84,7 +86,8 @@ STAGES = {
     "reference": Stage(run_reference, lambda cfg: "reference", _reference_summary,
                        lambda r: {f"reference/{k}": r["reference"][k]
                                   for k in ("trained", "train_seconds")}),
-    "ensemble": Stage(run_ensemble, lambda cfg: "ensemble", _ensemble_summary, _ensemble_scalars),
+    "ensemble": Stage(ensemble.run_ensemble, lambda cfg: "ensemble", _ensemble_summary,
+                      _ensemble_scalars, ensemble.TABLE),
 }
 
 
