@@ -4,6 +4,7 @@ forget set) with `attacks.pgd`, and reused by every AMUN run of a sweep."""
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,9 @@ AUTO_SAMPLES = 100  # the paper picks eps_init on about 100 forget samples
 _HERE = Path(__file__).resolve()
 # The code that determines an adversarial set; taken at import, like the training code's.
 ATTACK_CODE = code_fingerprint([_HERE, _HERE.parent.parent / "attacks" / "pgd.py"])
+# method.attack.kind -> its search with per-sample eps doubling (attacks.pgd). Adding a kind is
+# adding its function here.
+ATTACKS = {"pgd": pgd_doubling, "fgsm": fgsm_doubling}
 
 
 @dataclass
@@ -38,9 +42,9 @@ class AttackSpec:
     batch_size: BatchSize = MISSING
 
     def __post_init__(self) -> None:
-        if self.kind not in ("pgd", "fgsm") or self.norm not in ("l2", "linf"):
-            raise ValueError("method.attack.kind must be pgd or fgsm and norm l2 or linf, got "
-                             f"{self.kind!r} and {self.norm!r}")
+        if self.kind not in ATTACKS or self.norm not in ("l2", "linf"):
+            raise ValueError(f"method.attack.kind must be {' or '.join(ATTACKS)} and norm l2 or "
+                             f"linf, got {self.kind!r} and {self.norm!r}")
         eps = self.eps_init
         if eps == "auto" and self.kind != "pgd":
             raise ValueError("method.attack.eps_init=auto searches with PGD; give fgsm a number")
@@ -63,11 +67,12 @@ def check_method(method: DictConfig) -> None:
 
 
 def _attack(attack: DictConfig, model, x, y, eps_init: float):
-    if attack.kind == "fgsm":
-        return fgsm_doubling(model, x, y, norm=attack.norm, eps_init=eps_init,
-                             max_doublings=attack.max_doublings, batch_size=attack.batch_size)
-    return pgd_doubling(model, x, y, norm=attack.norm, eps_init=eps_init, steps=attack.steps,
-                        max_doublings=attack.max_doublings, batch_size=attack.batch_size)
+    """The search `attack.kind` names, given the attack's settings it takes."""
+    search = ATTACKS[attack.kind]
+    taken = inspect.signature(search).parameters
+    return search(model, x, y, eps_init=eps_init,
+                  **{k: attack[k] for k in ("norm", "steps", "max_doublings", "batch_size")
+                     if k in taken})
 
 
 @dataclass

@@ -30,7 +30,8 @@ def predict(model: torch.nn.Module, x_u8: torch.Tensor, batch_size: int) -> torc
 
 @dataclass
 class EvalContext:
-    """What evaluators may look at: the data on the device, the split, and memoized outputs."""
+    """What evaluators may look at: the data on the device, the split, the run's reference and
+    shadow models, and outputs memoized per model (keyed by the model object itself)."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
@@ -39,13 +40,13 @@ class EvalContext:
     split: Split
     num_classes: int
     batch_size: int = 1024
-    # For membership attacks on the population (train + test, in that order): the reference models'
-    # outputs (a callable, so runs without such an evaluator train none), and a cache of the
-    # population logits of models that have a cache key (`model_keys`: id(model) -> key).
-    reference: Callable[[], Any] | None = None
-    logit_cache: Callable[[str, Callable[[], np.ndarray]], np.ndarray] | None = None
+    # For membership attacks on the population (train + test, in that order): the run's
+    # runner.reference.References (its models are trained or loaded on first use, so a run
+    # without such an evaluator trains none; it also caches the population logits of the
+    # `model_keys` models: model -> its cache key) and runner.shadows.Shadows (U-LiRA's).
+    refs: Any = None
+    shadow_models: Any = None
     model_keys: dict = field(default_factory=dict)
-    shadows: Callable[[int], Any] | None = None  # U-LiRA: number of shadows -> their outputs
     oracle: torch.nn.Module | None = None        # the run's retrain oracle
     population_x: torch.Tensor | None = None     # train + test images, if the caller has them
     run_dir: Path | None = None  # where evaluators may write plots
@@ -53,6 +54,14 @@ class EvalContext:
     _logits: dict = field(default_factory=dict, repr=False)
     _subsets: dict = field(default_factory=dict, repr=False)
     _memo: dict = field(default_factory=dict, repr=False)
+
+    def reference(self):
+        """The reference models' population outputs (runner.reference.ReferenceOutputs)."""
+        return self.refs.outputs()
+
+    def shadows(self, num_shadows: int):
+        """U-LiRA's shadow outputs (runner.shadows.ShadowOutputs)."""
+        return self.shadow_models.outputs(num_shadows)
 
     def memo(self, key, compute: Callable[[], Any]) -> Any:
         """compute() once per run and key: for values that do not depend on the evaluated model."""
@@ -62,18 +71,17 @@ class EvalContext:
 
     def population_logits(self, model: torch.nn.Module) -> np.ndarray:
         """float32 (P, C) logits of `model` on train + test; from the cache for cached models."""
-        key = (id(model), "population")
+        key = (model, "population")
         if key not in self._logits:
             def compute() -> np.ndarray:
                 x = (self.population_x if self.population_x is not None else
                      self.memo("population_x", lambda: torch.cat([self.train_x, self.test_x])))
                 return predict(model, x, self.batch_size).cpu().numpy()
 
-            cache_key = self.model_keys.get(id(model))
-            logits = (self.logit_cache(cache_key, compute)
-                      if cache_key is not None and self.logit_cache is not None else compute())
-            self._logits[key] = (model, logits)
-        return self._logits[key][1]
+            cache_key = self.model_keys.get(model)
+            self._logits[key] = (self.refs.cached_logits(cache_key, compute)
+                                 if cache_key is not None and self.refs is not None else compute())
+        return self._logits[key]
 
     def subset(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Images and labels of "forget", "retain" or "test", gathered once per run."""
@@ -88,17 +96,17 @@ class EvalContext:
 
     def logits(self, model: torch.nn.Module, name: str) -> torch.Tensor:
         """Memoized logits of `model` on a subset (keyed by the model object)."""
-        key = (id(model), name)
+        key = (model, name)
         if key not in self._logits:
-            self._logits[key] = (model, predict(model, self.subset(name)[0], self.batch_size))
-        return self._logits[key][1]
+            self._logits[key] = predict(model, self.subset(name)[0], self.batch_size)
+        return self._logits[key]
 
     def labels(self, name: str) -> torch.Tensor:
         return self.subset(name)[1]
 
     def forget_model(self, model: torch.nn.Module) -> None:
         """Drop memoized outputs of `model` (call when it is done or about to change)."""
-        self._logits = {k: v for k, v in self._logits.items() if k[0] != id(model)}
+        self._logits = {k: v for k, v in self._logits.items() if k[0] is not model}
 
 
 def _acc(logits: torch.Tensor, y: torch.Tensor) -> float:

@@ -120,11 +120,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         with state.stage("evaluate" + tag):
             ctx = EvalContext(
                 ds.train_x, ds.train_y, ds.test_x, ds.test_y, sub, ds.num_classes,
-                batch_size=eval_batch_size(cfg, device), reference=refs.outputs, shadows=shadows.outputs,
+                batch_size=eval_batch_size(cfg, device), refs=refs, shadow_models=shadows,
                 oracle=oracle, population_x=ds.population[0],
-                logit_cache=lambda key, compute: cached_logits(cache, key, ds.fingerprint, compute),
-                model_keys={id(original): state.cache_keys["original"],
-                            id(oracle): state.cache_keys["retrain"]},
+                model_keys={original: state.cache_keys["original"],
+                            oracle: state.cache_keys["retrain"]},
                 run_dir=run_dir if k == len(chunks) else None)  # plots of the final models
             metrics = _evaluate(ctx, list(evaluators.values()),
                                 {"unlearned": model, "retrain": oracle, "original": original})

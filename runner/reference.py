@@ -116,6 +116,10 @@ class References:
                                                 + time.perf_counter() - start, 3)
         return model, state.cache_keys["reference"]
 
+    def cached_logits(self, model_key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """`cached_logits` of the cached model `model_key` on this run's population."""
+        return cached_logits(self.cache, model_key, self.ds.fingerprint, compute)
+
     def outputs(self) -> ReferenceOutputs:
         """Every reference model's population logits; a model is loaded (or trained) only when
         the cache lacks its logits."""
