@@ -26,14 +26,13 @@ from attacks.pgd import pgd
 from data.loader import to_float
 from models.ensemble import Ensemble, Mean, ensemble_loss, lotos_penalty, stretches
 from models.spectral import spectral_norms
-from runner.cache import Cache, key_of
+from runner.cache import Cache
 from runner.plan import Plan
 from runner.table import Table
 from runner.train import on_logits
 from runner.evaluate import predict
 from runner.typed import ConfigError
-from runner.trained import (RunState, eval_batch_size, load_dataset, new_model, resolve_device,
-                            train_or_load, trained_spec)
+from runner.trained import RunState, Trainer, eval_batch_size, load_dataset, resolve_device
 
 log = logging.getLogger("runner")
 
@@ -78,11 +77,6 @@ def transfer_rate(correct_s: torch.Tensor, correct_t: torch.Tensor, fooled_s: to
 def member_seeds(cfg: DictConfig) -> list[int]:
     """Member i is initialized from seed 1000 x seed + i."""
     return [1000 * cfg.seed + i for i in range(cfg.ensemble.members)]
-
-
-def build(cfg: DictConfig, device: torch.device) -> Ensemble:
-    """The untrained ensemble (`member_seeds`)."""
-    return Ensemble([new_model(cfg, device, seed) for seed in member_seeds(cfg)])
 
 
 def evaluate(ensemble: Ensemble, x_u8: torch.Tensor, y: torch.Tensor, attack: DictConfig,
@@ -153,7 +147,7 @@ def run_ensemble(cfg: DictConfig, run_dir: Path) -> dict:
     """Train (or load) the ensemble and evaluate it (module doc)."""
     state = RunState()
     device = resolve_device(cfg.device)
-    cache = Cache(cfg.paths.cache_dir)
+    trainer = Trainer.of(cfg, Cache(cfg.paths.cache_dir), device)
     e = cfg.ensemble
     with state.stage("data"):
         ds = load_dataset(cfg).to(device)
@@ -162,16 +156,16 @@ def run_ensemble(cfg: DictConfig, run_dir: Path) -> dict:
                          "lotos_mal": e.lotos_mal if e.lotos_weight else None}}
     train_idx = np.arange(len(ds.train_y))
     plan = Plan()
-    key = key_of(trained_spec(cfg, ds, train_idx, device, extra_spec=spec))
-    plan.cached("ensemble", "ensemble", key, cache.has("ensemble", key))
+    key = trainer.key(ds, train_idx, extra_spec=spec)
+    plan.cached("ensemble", "ensemble", key, trainer.cache.has("ensemble", key))
     plan.own("evaluate")
     plan.log()
     with state.stage("ensemble"):
-        ensemble = build(cfg, device)
+        ensemble = Ensemble([trainer.new_model(seed) for seed in member_seeds(cfg)])  # untrained
         loss = ensemble_loss(ensemble, label_smoothing=cfg.train.label_smoothing,
                              lotos_weight=e.lotos_weight, mal=e.lotos_mal)
-        ensemble = train_or_load(cfg, cache, "ensemble", ds, train_idx, device,
-                                 state, model=ensemble, extra_spec=spec, loss=on_logits(loss))
+        ensemble = trainer.train_or_load("ensemble", ds, train_idx, state, model=ensemble,
+                                         extra_spec=spec, loss=on_logits(loss))
     with state.stage("evaluate"):
         metrics = evaluate(ensemble, ds.test_x, ds.test_y, e.attack, eval_batch_size(cfg, device))
         if cfg.model.get("clip") is not None:

@@ -19,14 +19,13 @@ from data.loader import Augment, to_float
 from data.splits import Split, make_split
 from methods.common import UnlearnData, method_keys
 from models.spectral import spectral_norms
-from runner.cache import Cache, key_of, state_digest
+from runner.cache import Cache, state_digest
 from runner.evaluate import EvalContext, avg_gap, predict
 from runner.plan import Plan
 from runner.reference import References, cached_logits
 from runner.shadows import Shadows
 from runner.train import check_finite
-from runner.trained import (RunState, eval_batch_size, load_dataset, resolve_device,
-                            train_or_load, trained_spec)
+from runner.trained import RunState, Trainer, eval_batch_size, load_dataset, resolve_device
 from runner.typed import ConfigError, import_target, partial_of
 
 log = logging.getLogger("runner")
@@ -55,6 +54,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     state = RunState()
     device = resolve_device(cfg.device)
     cache = Cache(cfg.paths.cache_dir)
+    trainer = Trainer.of(cfg, cache, device)
+    batch_size = eval_batch_size(cfg, device)
     with state.stage("data"):
         ds = load_dataset(cfg)
         split = make_split(cfg.forget, ds.train_y.numpy(), ds.num_classes)
@@ -67,7 +68,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                   for name, node in cfg.eval.evaluators.items()}
     preparations = [p(cfg.method, cache) for p in getattr(target, "prepares", ())]
     # Built on first use: a run whose evaluators need no reference model trains none.
-    refs = References(cfg, cache, ds, device)
+    refs = References(trainer, cfg.reference, ds, batch_size)
 
     def prepare(data: UnlearnData, model, key, forget_x, forget_y, forget_idx) -> None:
         for p in preparations:
@@ -80,13 +81,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         torch.manual_seed(cfg.seed)
         return unlearn(copy.deepcopy(model), data).eval()
 
-    shadows = Shadows(cfg, cache, ds, device, refs, split.forget_idx, unlearn_shadow,
-                      class_id=split.class_id)
-    plan = make_plan(cfg, ds, split, chunks, device, cache, refs, shadows, preparations,
+    shadows = Shadows(trainer, ds, refs, split.forget_idx, unlearn_shadow,
+                      class_id=split.class_id, batch_size=batch_size)
+    plan = make_plan(trainer, ds, split, chunks, refs, shadows, preparations,
                      list(evaluators.values()))
     plan.log()
     with state.stage("original"):
-        original = train_or_load(cfg, cache, "original", ds, np.arange(len(ds.train_y)), device, state)
+        original = trainer.train_or_load("original", ds, np.arange(len(ds.train_y)), state)
     built = {p.field: [] for p in preparations}
     whole = {}  # the preparations made once, on the original, for the whole forget set
     for p in (p for p in preparations if p.once):
@@ -102,7 +103,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         sub = Split(split.kind, forgotten, np.setdiff1d(np.arange(len(ds.train_y)), forgotten),
                     split.class_id)
         with state.stage("retrain" + tag):
-            oracle = train_or_load(cfg, cache, "retrain", ds, sub.retain_idx, device, state)
+            oracle = trainer.train_or_load("retrain", ds, sub.retain_idx, state)
         data = _unlearn_data(cfg, ds.num_classes, ds.train_x, ds.train_y, chunk, sub.retain_idx,
                              oracle, seed=cfg.seed + k - 1)
         for p in preparations:
@@ -120,7 +121,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         with state.stage("evaluate" + tag):
             ctx = EvalContext(
                 ds.train_x, ds.train_y, ds.test_x, ds.test_y, sub, ds.num_classes,
-                batch_size=eval_batch_size(cfg, device), refs=refs, shadow_models=shadows,
+                batch_size=batch_size, refs=refs, shadow_models=shadows,
                 oracle=oracle, population_x=ds.population[0],
                 model_keys={original: state.cache_keys["original"],
                             oracle: state.cache_keys["retrain"]},
@@ -139,8 +140,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
     extra = {}
     for p in preparations:
-        extra[p.field] = p.report(built[p.field], model, getattr(data, p.field),
-                                  eval_batch_size(cfg, device), run_dir)
+        extra[p.field] = p.report(built[p.field], model, getattr(data, p.field), batch_size,
+                                  run_dir)
         state.cache_keys[p.field] = extra[p.field]["cache_key"]
         state.cache_hits[p.field] = all(s.hit for s in built[p.field])
     if len(chunks) > 1:
@@ -166,13 +167,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     }
 
 
-def make_plan(cfg: DictConfig, ds, split: Split, chunks: list[np.ndarray], device, cache: Cache,
-              refs: References, shadows: Shadows, preparations: list, evaluators: list) -> Plan:
+def make_plan(trainer: Trainer, ds, split: Split, chunks: list[np.ndarray], refs: References,
+              shadows: Shadows, preparations: list, evaluators: list) -> Plan:
     """What `run` will train, build, load and run, in its order (runner.plan)."""
-    plan = Plan()
+    plan, cache = Plan(), trainer.cache
     plan.cached(f"dataset {ds.name}", "datasets", ds.fingerprint, True)
-    spec = trained_spec(cfg, ds, np.arange(len(ds.train_y)), device)
-    original = key_of(spec)
+    original = trainer.key(ds, np.arange(len(ds.train_y)))
     plan.cached("original", "original", original, cache.has("original", original))
     for p in (p for p in preparations if p.once):
         key = p.key(original, split.forget_idx)
@@ -182,7 +182,7 @@ def make_plan(cfg: DictConfig, ds, split: Split, chunks: list[np.ndarray], devic
         tag = "" if len(chunks) == 1 else f"/{k}"
         start += len(chunk)
         retain = np.setdiff1d(np.arange(len(ds.train_y)), split.forget_idx[:start])
-        oracle = key_of(trained_spec(cfg, ds, retain, device))
+        oracle = trainer.key(ds, retain)
         plan.cached("retrain" + tag, "retrain", oracle, cache.has("retrain", oracle))
         for p in (p for p in preparations if not p.once):
             key = p.key(original, chunk) if k == 1 else None  # later: the model request k-1 left
@@ -236,9 +236,10 @@ def run_reference(cfg: DictConfig, run_dir: Path) -> dict:
     state = RunState()
     device = resolve_device(cfg.device)
     cache = Cache(cfg.paths.cache_dir)
+    batch_size = eval_batch_size(cfg, device)
     with state.stage("data"):
         ds = load_dataset(cfg).to(device)
-    refs = References(cfg, cache, ds, device)
+    refs = References(Trainer.of(cfg, cache, device), cfg.reference, ds, batch_size)
     which = range(refs.num_models) if cfg.reference.index is None else [cfg.reference.index]
     plan = Plan()
     refs.plan(plan, which, outputs=False)
@@ -249,8 +250,7 @@ def run_reference(cfg: DictConfig, run_dir: Path) -> dict:
         for m in which:
             model, keys[m] = refs.model(m)
             cached_logits(cache, keys[m], ds.fingerprint,
-                          lambda: predict(model, population,
-                                          eval_batch_size(cfg, device)).cpu().numpy())
+                          lambda: predict(model, population, batch_size).cpu().numpy())
     return {"stage": "reference", "dataset": cfg.dataset.name, "seed": cfg.seed,
             "reference": {**refs.stats, "keys": keys}, "plan": plan.record(),
             "stage_seconds": state.stage_seconds,

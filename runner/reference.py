@@ -28,7 +28,7 @@ from data.splits import keep_matrix
 from runner.cache import Cache, key_of
 from runner.evaluate import predict
 from runner.plan import Plan
-from runner.trained import RunState, eval_batch_size, train_or_load, trained_spec
+from runner.trained import RunState, Trainer
 from runner.typed import ConfigError, check_value, Seed
 
 log = logging.getLogger("runner")
@@ -70,11 +70,11 @@ def cached_logits(cache: Cache, model_key: str, dataset_fingerprint: str,
 class References:
     """The run's M reference models: trained or loaded on demand, their outputs cached."""
 
-    def __init__(self, cfg: DictConfig, cache: Cache, ds: datasets.Dataset, device: torch.device):
-        self.cfg, self.cache, self.ds, self.device = cfg, cache, ds, device
-        self.num_models = cfg.reference.num_models
-        self.keep = keep_matrix(self.num_models, len(ds.train_y) + len(ds.test_y),
-                                seed=cfg.reference.seed)
+    def __init__(self, trainer: Trainer, spec: DictConfig, ds: datasets.Dataset, batch_size: int):
+        """`spec`: the `reference` node (num_models, seed); `batch_size`: of inference."""
+        self.trainer, self.cache, self.ds, self.batch_size = trainer, trainer.cache, ds, batch_size
+        self.num_models = spec.num_models
+        self.keep = keep_matrix(self.num_models, len(ds.train_y) + len(ds.test_y), seed=spec.seed)
         self.stats = {"num_models": self.num_models, "trained": 0, "train_seconds": 0.0,
                       "outputs_computed": 0}
         self._outputs: ReferenceOutputs | None = None
@@ -87,8 +87,7 @@ class References:
 
     def key(self, m: int) -> str:
         """Reference model m's cache key."""
-        return key_of(trained_spec(self.cfg, self.ds, np.flatnonzero(self.keep[m]), self.device,
-                                   seed=m, population=True))
+        return self.trainer.key(self.ds, np.flatnonzero(self.keep[m]), seed=m, population=True)
 
     def plan(self, plan: Plan, which: Iterable[int], outputs: bool) -> None:
         """Add reference models `which` to the plan; with `outputs` (only their population
@@ -107,9 +106,9 @@ class References:
         """Reference model m and its cache key, training it if the cache does not have it."""
         self._used = True
         state, start = RunState(), time.perf_counter()
-        model = train_or_load(self.cfg, self.cache, "reference", self.ds,
-                              np.flatnonzero(self.keep[m]), self.device, state, seed=m,
-                              population=True, desc=f"reference {m + 1}/{self.num_models}")
+        model = self.trainer.train_or_load("reference", self.ds, np.flatnonzero(self.keep[m]),
+                                           state, seed=m, population=True,
+                                           desc=f"reference {m + 1}/{self.num_models}")
         if not state.cache_hits["reference"]:
             self.stats["trained"] += 1
             self.stats["train_seconds"] = round(self.stats["train_seconds"]
@@ -135,7 +134,7 @@ class References:
                     log.info("reference model %d/%d: population outputs", m + 1, self.num_models)
                     self.stats["outputs_computed"] += 1
                     logits.append(cached_logits(self.cache, key, self.ds.fingerprint, lambda: predict(
-                        model, population, eval_batch_size(self.cfg, self.device)).cpu().numpy()))
+                        model, population, self.batch_size).cpu().numpy()))
                 else:
                     logits.append(np.load(found / "logits.npy"))
             self._outputs = ReferenceOutputs(np.stack(logits), labels.cpu().numpy())

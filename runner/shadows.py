@@ -17,15 +17,13 @@ from typing import Callable
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 
 from attacks.signals import lira_phi
 from data import datasets
-from runner.cache import Cache, key_of
 from runner.plan import Plan
 from runner.evaluate import predict
 from runner.reference import References
-from runner.trained import RunState, eval_batch_size, train_or_load, trained_spec
+from runner.trained import RunState, Trainer
 
 log = logging.getLogger("runner")
 
@@ -43,10 +41,12 @@ class ShadowOutputs:
 
 
 class Shadows:
-    def __init__(self, cfg: DictConfig, cache: Cache, ds: datasets.Dataset, device: torch.device,
-                 refs: References, forget_idx: np.ndarray, unlearn_shadow: UnlearnShadow,
-                 class_id: int | None = None):
-        self.cfg, self.cache, self.ds, self.device, self.refs = cfg, cache, ds, device, refs
+    def __init__(self, trainer: Trainer, ds: datasets.Dataset, refs: References,
+                 forget_idx: np.ndarray, unlearn_shadow: UnlearnShadow,
+                 class_id: int | None = None, batch_size: int = 1024):
+        """`trainer` trains the shadow retrains; `batch_size`: of inference."""
+        self.trainer, self.cache, self.ds, self.refs = trainer, trainer.cache, ds, refs
+        self.device, self.batch_size = trainer.device, batch_size
         self.class_id = class_id
         self.forget_idx, self.unlearn_shadow = np.asarray(forget_idx), unlearn_shadow
         self.stats = {"num_shadows": 0, "retrains_trained": 0, "retrain_seconds": 0.0,
@@ -66,8 +66,7 @@ class Shadows:
         return forget_s, retain_s
 
     def retrain_key(self, s: int) -> str:
-        return key_of(trained_spec(self.cfg, self.ds, self.indices(s)[1], self.device, seed=s,
-                                   population=True))
+        return self.trainer.key(self.ds, self.indices(s)[1], seed=s, population=True)
 
     def plan(self, plan: Plan, num_shadows: int) -> None:
         """Add the shadows to the plan: each original (a reference model), retrain and the
@@ -101,9 +100,9 @@ class Shadows:
             forget_s, retain_s = self.indices(s)
             original_s, key_s = self.refs.model(s)
             state, start = RunState(), time.perf_counter()
-            retrained = train_or_load(self.cfg, self.cache, "shadow", self.ds, retain_s, self.device,
-                                      state, seed=s, population=True,
-                                      desc=f"shadow retrain {s + 1}/{num_shadows}")
+            retrained = self.trainer.train_or_load("shadow", self.ds, retain_s, state, seed=s,
+                                                   population=True,
+                                                   desc=f"shadow retrain {s + 1}/{num_shadows}")
             if not state.cache_hits["shadow"]:
                 self.stats["retrains_trained"] += 1
                 self.stats["retrain_seconds"] += round(time.perf_counter() - start, 3)
@@ -111,8 +110,7 @@ class Shadows:
             unlearned = self.unlearn_shadow(original_s, key_s, forget_s, retain_s, retrained)
             self.stats["unlearn_seconds"] += round(time.perf_counter() - start, 3)
             for phi, model in ((phi_u, unlearned), (phi_r, retrained)):
-                phi[s] = lira_phi(predict(model, forget_x, eval_batch_size(self.cfg, self.device)),
-                                  forget_y)
+                phi[s] = lira_phi(predict(model, forget_x, self.batch_size), forget_y)
             log.info("shadow %d/%d: %d of the forget samples to forget", s + 1, num_shadows,
                      len(forget_s))
         self.stats["num_shadows"] = max(self.stats["num_shadows"], num_shadows)

@@ -105,94 +105,138 @@ TRAINING_FILES = (*sorted((REPO / "models").glob("*.py")),
 TRAINING_CODE = code_fingerprint(TRAINING_FILES)
 
 
-def model_spec(cfg: DictConfig, ds: datasets.Dataset, train_idx: np.ndarray, *,
-               seed: int | None = None, population: bool = False) -> dict:
-    """Exactly what determines a model trained from scratch: the cache key's content.
-    `population`: train_idx indexes train + test (reference models), not the training set."""
-    recipe = OmegaConf.to_container(cfg.train, resolve=True)
-    # Only the schedule's own parameters: a cosine schedule's unused step_size changes nothing.
-    recipe["schedule"] = schedule_spec(recipe["schedule"])
-    model = OmegaConf.to_container(cfg.model, resolve=True)
-    model.pop("tta", None)  # test-time augmentation changes no weight: one cached model serves all
-    if model.get("clip") is None:  # how a clipping would run matters only when there is one
-        model = {k: v for k, v in model.items() if k not in CLIP_KEYS}
-    spec = {
-        "dataset": {"name": ds.name, "fingerprint": ds.fingerprint,
-                    "augment": OmegaConf.to_container(cfg.dataset.augment)},
-        "model": model,
-        "normalization": ([list(cfg.dataset.mean), list(cfg.dataset.std)]
-                          if model["normalize"] else None),
-        "train": recipe,
-        "seed": cfg.seed if seed is None else seed,
-        "train_idx_sha256": index_digest(train_idx),
-        "n_train": int(len(train_idx)),
-        "code": TRAINING_CODE,
-    }
-    if population:
-        spec["indices_into"] = "train+test"
-    return spec
+@dataclass(frozen=True)
+class Trainer:
+    """How a run trains models from scratch through the cache, and the config pieces that
+    determine such a model: the `model`, `dataset` and `train` nodes and the run's seed; and
+    where it trains (the cache, the device, the checkpoint interval, which change no model). The
+    original, the oracle, the reference and shadow models and an ensemble all come from it."""
+
+    model: DictConfig
+    dataset: DictConfig
+    recipe: DictConfig
+    seed: int
+    cache: Cache | None
+    device: torch.device
+    checkpoint_every_s: float | None = None
+
+    @classmethod
+    def of(cls, cfg: DictConfig, cache: Cache | None, device: torch.device) -> "Trainer":
+        checkpoint = cfg.get("checkpoint") or {}
+        return cls(cfg.model, cfg.dataset, cfg.train, cfg.seed, cache, device,
+                   checkpoint.get("every_s"))
+
+    def model_spec(self, ds: datasets.Dataset, train_idx: np.ndarray, *, seed: int | None = None,
+                   population: bool = False) -> dict:
+        """Exactly what determines a model trained from scratch: the cache key's content.
+        `population`: train_idx indexes train + test (reference models), not the training set."""
+        recipe = OmegaConf.to_container(self.recipe, resolve=True)
+        # Only the schedule's own parameters: a cosine schedule's unused step_size changes nothing.
+        recipe["schedule"] = schedule_spec(recipe["schedule"])
+        model = OmegaConf.to_container(self.model, resolve=True)
+        model.pop("tta", None)  # test-time augmentation changes no weight: one model serves all
+        if model.get("clip") is None:  # how a clipping would run matters only when there is one
+            model = {k: v for k, v in model.items() if k not in CLIP_KEYS}
+        spec = {
+            "dataset": {"name": ds.name, "fingerprint": ds.fingerprint,
+                        "augment": OmegaConf.to_container(self.dataset.augment)},
+            "model": model,
+            "normalization": ([list(self.dataset.mean), list(self.dataset.std)]
+                              if model["normalize"] else None),
+            "train": recipe,
+            "seed": self.seed if seed is None else seed,
+            "train_idx_sha256": index_digest(train_idx),
+            "n_train": int(len(train_idx)),
+            "code": TRAINING_CODE,
+        }
+        if population:
+            spec["indices_into"] = "train+test"
+        return spec
+
+    def spec(self, ds: datasets.Dataset, train_idx: np.ndarray, *, seed: int | None = None,
+             population: bool = False, extra_spec: dict | None = None) -> dict:
+        """The cache spec of a model `train_or_load` trains: `model_spec`, `extra_spec` and, on a
+        CPU, the intra-op thread count (a CPU's floating-point reductions depend on it)."""
+        spec = {**self.model_spec(ds, np.sort(train_idx), seed=seed, population=population),
+                **(extra_spec or {})}
+        if self.device.type == "cpu":
+            spec["cpu_threads"] = torch.get_num_threads()
+        return spec
+
+    def key(self, ds: datasets.Dataset, train_idx: np.ndarray, **spec) -> str:
+        """The cache key of `spec(ds, train_idx, **spec)`."""
+        return key_of(self.spec(ds, train_idx, **spec))
+
+    def new_model(self, seed: int) -> torch.nn.Module:
+        """The architecture initialized from `seed`, on the device, in the recipe's memory format."""
+        torch.manual_seed(seed)
+        model = build_model(self.model, self.dataset).to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.recipe.channels_last else model
+
+    def fit(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int, desc: str,
+            checkpoint: TrainCheckpoint | None = None, loss=None) -> torch.nn.Module:
+        """Train `model` (from `new_model`) on images x (uint8, on its device) with the recipe and
+        the dataset's augmentation, batches shuffled from `seed`; resumable with `checkpoint`;
+        `loss` replaces the recipe's loss (see train_from_scratch)."""
+        batches = Batches(x, y, batch_size=self.recipe.batch_size, shuffle=True, seed=seed,
+                          augment=Augment(**self.dataset.augment),
+                          channels_last=self.recipe.channels_last)
+        return train_from_scratch(model, batches, self.recipe, desc=desc, checkpoint=checkpoint,
+                                  loss=loss)
+
+    def train_or_load(self, kind: str, ds: datasets.Dataset, train_idx: np.ndarray,
+                      state: RunState, *, seed: int | None = None, population: bool = False,
+                      desc: str | None = None, model: torch.nn.Module | None = None,
+                      extra_spec: dict | None = None, loss=None) -> torch.nn.Module:
+        """A model trained on `train_idx` with the recipe, via the cache. With `population`,
+        train_idx indexes train + test (a reference model); `seed` replaces the run's. Its
+        training saves checkpoints in the cache (every `checkpoint_every_s`), so a killed job's
+        rerun resumes it. `model` (default: `new_model`), `extra_spec` (added to its cache key)
+        and `loss` train something else, such as an ensemble, the same way."""
+        train_idx = np.sort(train_idx)  # the key is order-free, so the training order must be too
+        seed = self.seed if seed is None else seed
+        model = self.new_model(seed) if model is None else model
+        spec = self.spec(ds, train_idx, seed=seed, population=population, extra_spec=extra_spec)
+        key = key_of(spec)
+        cache = self.cache
+
+        def write(directory: Path) -> None:
+            idx = torch.as_tensor(train_idx, device=self.device)
+            x, y = ds.population if population else (ds.train_x, ds.train_y)
+            partial = cache.partial_dir(kind, key)
+            checkpoint = (TrainCheckpoint(partial / "train.ckpt", self.checkpoint_every_s,
+                                          tag=f"{kind}/{key}") if partial else None)
+            self.fit(model, x[idx], y[idx], seed, desc=desc or kind, checkpoint=checkpoint,
+                     loss=loss)
+            check_finite(model, desc or kind)  # a diverged model is never cached
+            save_model(directory, model)
+
+        path, _, hit = cache.get_or_build(kind, spec, write)
+        state.cache_keys[kind], state.cache_hits[kind] = key, hit
+        return load_model(path, model) if hit else model.eval()
+
+
+# The run-config forms of the Trainer's methods.
+def model_spec(cfg: DictConfig, ds: datasets.Dataset, train_idx: np.ndarray, **kw) -> dict:
+    return Trainer.of(cfg, None, torch.device("cpu")).model_spec(ds, train_idx, **kw)
 
 
 def trained_spec(cfg: DictConfig, ds: datasets.Dataset, train_idx: np.ndarray,
-                 device: torch.device, *, seed: int | None = None, population: bool = False,
-                 extra_spec: dict | None = None) -> dict:
-    """The cache spec of a model `train_or_load` trains on `device`: `model_spec`, `extra_spec`
-    and, on a CPU, the intra-op thread count (a CPU's floating-point reductions depend on it)."""
-    spec = {**model_spec(cfg, ds, np.sort(train_idx), seed=seed, population=population),
-            **(extra_spec or {})}
-    if device.type == "cpu":
-        spec["cpu_threads"] = torch.get_num_threads()
-    return spec
+                 device: torch.device, **kw) -> dict:
+    return Trainer.of(cfg, None, device).spec(ds, train_idx, **kw)
 
 
 def new_model(cfg: DictConfig, device: torch.device, seed: int) -> torch.nn.Module:
-    """The run's architecture initialized from `seed`, on `device`, in the recipe's memory format."""
-    torch.manual_seed(seed)
-    model = build_model(cfg.model, cfg.dataset).to(device)
-    return model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
+    return Trainer.of(cfg, None, device).new_model(seed)
 
 
 def fit_new_model(cfg: DictConfig, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                   seed: int, desc: str, checkpoint: TrainCheckpoint | None = None,
                   loss=None) -> torch.nn.Module:
-    """Train `new_model(...)` on images x (uint8, on its device) with the run's recipe and the
-    dataset's augmentation, batches shuffled from `seed`; resumable with `checkpoint`; `loss`
-    replaces the recipe's loss (see train_from_scratch)."""
-    recipe = cfg.train
-    batches = Batches(x, y, batch_size=recipe.batch_size, shuffle=True, seed=seed,
-                      augment=Augment(**cfg.dataset.augment), channels_last=recipe.channels_last)
-    return train_from_scratch(model, batches, recipe, desc=desc, checkpoint=checkpoint,
-                              loss=loss)
+    return Trainer.of(cfg, None, x.device).fit(model, x, y, seed, desc, checkpoint, loss)
 
 
 def train_or_load(cfg: DictConfig, cache: Cache, kind: str, ds: datasets.Dataset,
-                  train_idx: np.ndarray, device: torch.device, state: RunState, *,
-                  seed: int | None = None, population: bool = False,
-                  desc: str | None = None, model: torch.nn.Module | None = None,
-                  extra_spec: dict | None = None, loss=None) -> torch.nn.Module:
-    """A model trained from scratch on `train_idx` with the run's recipe, via the cache. With
-    `population`, train_idx indexes train + test (a reference model); `seed` replaces cfg.seed.
-    Its training saves checkpoints in the cache (`cfg.checkpoint`), so a killed job's rerun
-    resumes it. `model` (default: `new_model`), `extra_spec` (added to its cache key) and
-    `loss` train something else, such as an ensemble, the same way."""
-    train_idx = np.sort(train_idx)  # the key is order-free, so the training order must be too
-    seed = cfg.seed if seed is None else seed
-    model = new_model(cfg, device, seed) if model is None else model
-    spec = trained_spec(cfg, ds, train_idx, device, seed=seed, population=population,
-                        extra_spec=extra_spec)
-    key = key_of(spec)
-
-    def write(directory: Path) -> None:
-        idx = torch.as_tensor(train_idx, device=device)
-        x, y = ds.population if population else (ds.train_x, ds.train_y)
-        partial = cache.partial_dir(kind, key)
-        checkpoint = (TrainCheckpoint(partial / "train.ckpt", cfg.checkpoint.every_s,
-                                      tag=f"{kind}/{key}") if partial else None)
-        fit_new_model(cfg, model, x[idx], y[idx], seed, desc=desc or kind, checkpoint=checkpoint,
-                      loss=loss)
-        check_finite(model, desc or kind)  # a diverged model is never cached
-        save_model(directory, model)
-
-    path, _, hit = cache.get_or_build(kind, spec, write)
-    state.cache_keys[kind], state.cache_hits[kind] = key, hit
-    return load_model(path, model) if hit else model.eval()
+                  train_idx: np.ndarray, device: torch.device, state: RunState,
+                  **kw) -> torch.nn.Module:
+    return Trainer.of(cfg, cache, device).train_or_load(kind, ds, train_idx, state, **kw)

@@ -17,7 +17,7 @@ from data.splits import make_split
 from runner.__main__ import execute
 from runner.cache import Cache
 from runner.evaluate import predict
-from runner.pipeline import RunState, load_dataset, train_or_load
+from runner.trained import RunState, load_dataset, train_or_load
 from runner.report import load_results, make_table
 
 from conftest import FAST
