@@ -104,9 +104,11 @@ class Lookahead(Hook):
         self.model, self.spec = model, dict(spec)
         self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
         self.ema: dict[str, torch.Tensor] | None = None
+        self.steps = 0  # the last step seen
 
     @torch.no_grad()
     def after_step(self, model, step):
+        self.steps = step
         la = self.spec
         epoch = (step - 1) // self.steps_per_epoch
         if epoch >= la["start_epochs"] and step % la["every_n_steps"] == 0:
@@ -129,9 +131,10 @@ class Lookahead(Hook):
             value.copy_(self.ema[name])
 
     def state_dict(self):
-        return {"ema": self.ema}
+        return {"steps": self.steps, "ema": self.ema}
 
     def load_state_dict(self, state):
+        self.steps = state["steps"]
         float_state = self._float_state()
         self.ema = (None if state["ema"] is None else
                     {k: v.to(float_state[k].device).clone() for k, v in state["ema"].items()})

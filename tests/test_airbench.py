@@ -221,7 +221,8 @@ def test_the_hooks_are_airbenchs_lookahead_and_bias_freeze():
     assert (bias_after[1] - bias_after[0]).abs().max() > 1e-3  # it trains in epochs 1 and 2 ...
     assert all(torch.equal(bias_after[1], b) for b in bias_after[2:])  # ... then no more
     ema_in_state = lookahead.state_dict()
-    assert set(ema_in_state["ema"]) == set(ours.state_dict()) - {"1.num_batches_tracked"}
+    assert ema_in_state["steps"] == 20 and set(ema_in_state["ema"]) == set(ours.state_dict()) - {
+        "1.num_batches_tracked"}
 
 
 def test_whitening_bias_starts_at_zero_and_trains_three_epochs():
