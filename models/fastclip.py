@@ -5,9 +5,9 @@ states it; the spectral machinery (PowerQR, the clip of one layer) is in models/
 `ClipSpec` / `attach` / `Clipper`: clipping as a training option of a model (`model.clip=1.0`).
 `attach` gives the model a `fastclip` attribute (a plain object, not a submodule: the state_dict
 is unchanged); every `runner.train.fit` of the model (its `runner.hooks.Clip`) then runs one
-warm-started PowerQR iteration per layer after each step (100 before the first), clips every layer every
-`every` steps, and clips once more at the end of training until each layer is within
-`FINAL_TOLERANCE` of the target. Clipping stays with the model through `deepcopy`, so the
+warm-started PowerQR iteration per layer after each step (100 before the first), clips every
+layer every `every` steps, and clips once more at the end of training until each layer is
+within `FINAL_TOLERANCE` of the target. Clipping stays with the model through `deepcopy`, so the
 unlearning methods' fine-tuning of a clipped model keeps it clipped.
 """
 
@@ -168,4 +168,5 @@ def clippers_of(model: nn.Module) -> list[Clipper]:
     """The Clippers of `model` and its submodules (an ensemble's members) that a training of
     `model` trains."""
     found = [getattr(m, "fastclip", None) for m in model.modules()]
-    return [c for c in found if isinstance(c, Clipper) and c.trainable()]
+    # dict.fromkeys: once each (a torch.compile'd model answers for the module it wraps too)
+    return [c for c in dict.fromkeys(found) if isinstance(c, Clipper) and c.trainable()]

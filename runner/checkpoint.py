@@ -5,7 +5,8 @@ cache artifact; while its build holds the cache lock, `TrainCheckpoint` keeps th
 the artifact's partial dir. A job that dies (SIGKILL, a node failure, a SLURM time limit) leaves the
 last checkpoint behind, and the next job that needs the artifact resumes from it and ends with the
 model an uninterrupted run makes: the checkpoint holds the weights, the optimizer state, each
-training hook's state (the schedule, an EMA, FastClip's; runner.hooks), the step reached within the epoch, the batch generator's state at the start of that epoch
+training hook's state (the schedule, an EMA, FastClip's; runner.hooks), the step reached
+within the epoch, the batch generator's state at the start of that epoch
 (the resumed epoch replays the same permutation and augmentation draws, skipping the steps already
 done) and the global RNG state at the step.
 

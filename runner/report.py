@@ -62,8 +62,9 @@ def setting_of(r: dict) -> dict[str, str]:
 
 def table_of(r: dict) -> Table:
     """The table the stage of a run's config (runner.stages) puts it in."""
-    from runner.stages import stage_of  # the report itself needs none of the stages' code
-    return stage_of(r.get("config", {}).get("stage", "unlearn")).table
+    from runner.stages import STAGES  # here: runner.stages imports the pipeline and torch
+    # A failed run may carry a config with an unknown stage: it still gets its (failed) row.
+    return STAGES.get(r.get("config", {}).get("stage"), STAGES["unlearn"]).table
 
 
 def _row_key(r: dict) -> tuple[str, str, str]:
@@ -166,6 +167,7 @@ def make_table(results: list[dict], columns=COLUMNS) -> list[list[str]]:
     dataset and forget spec, rows come in the order of the sweep's jobs (the derived first)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     derived: dict[tuple, dict] = {}
+    results = sorted(results, key=lambda r: _natural(str(r.get("run_dir", ""))))  # job order
     for table in dict.fromkeys(table_of(r) for r in results):
         for view in table.derived([r for r in results if table_of(r) is table]):
             key = (*_row_key(view), tuple(sorted(setting_of(view).items())))
@@ -173,7 +175,7 @@ def make_table(results: list[dict], columns=COLUMNS) -> list[list[str]]:
     for (key, _), view in derived.items():
         groups[key].append(view)
     rank = {key: -1 for key, _ in derived}
-    for r in sorted(results, key=lambda r: _natural(str(r.get("run_dir", "")))):
+    for r in results:
         key = (*_row_key(r), tuple(sorted(setting_of(r).items())))
         groups[key].append(r)
         rank.setdefault(key, len(rank))

@@ -42,8 +42,8 @@ class ShadowOutputs:
 
 class Shadows:
     def __init__(self, trainer: Trainer, ds: datasets.Dataset, refs: References,
-                 forget_idx: np.ndarray, unlearn_shadow: UnlearnShadow,
-                 class_id: int | None = None, batch_size: int = 1024):
+                 forget_idx: np.ndarray, unlearn_shadow: UnlearnShadow, *,
+                 class_id: int | None, batch_size: int):
         """`trainer` trains the shadow retrains; `batch_size`: of inference."""
         self.trainer, self.cache, self.ds, self.refs = trainer, trainer.cache, ds, refs
         self.device, self.batch_size = trainer.device, batch_size

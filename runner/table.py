@@ -55,9 +55,14 @@ def unlearn_value(r: dict, column: str) -> float:
 
 def original_views(results: list[dict]) -> list[dict]:
     """Each finished run seen as a row for the original model (before unlearning) of its seed:
-    its metrics, and its avg_gap to the oracle over the run's gap metrics."""
+    its metrics, and its avg_gap to the oracle over the run's gap metrics. The report keeps the
+    first view of each seed, and the retrain runs come first: U-LiRA scores even the original
+    with shadows unlearned by the run's method, so only the oracle's run gives a method-free
+    row (without one, the first job of the seed gives it)."""
     views = []
-    for r in results:
+    oracle_first = sorted(results, key=lambda r: r.get("config", {}).get("method", {}).get("name")
+                          != "retrain")
+    for r in oracle_first:
         if r.get("status") != "ok" or "gap_metrics" not in r:
             continue
         metrics = r["metrics"]

@@ -168,7 +168,8 @@ class Trainer:
         return key_of(self.spec(ds, train_idx, **spec))
 
     def new_model(self, seed: int) -> torch.nn.Module:
-        """The architecture initialized from `seed`, on the device, in the recipe's memory format."""
+        """The architecture initialized from `seed`, on the device, in the recipe's memory
+        format."""
         torch.manual_seed(seed)
         model = build_model(self.model, self.dataset).to(self.device)
         return model.to(memory_format=torch.channels_last) if self.recipe.channels_last else model
@@ -219,11 +220,6 @@ class Trainer:
 # The run-config forms of the Trainer's methods.
 def model_spec(cfg: DictConfig, ds: datasets.Dataset, train_idx: np.ndarray, **kw) -> dict:
     return Trainer.of(cfg, None, torch.device("cpu")).model_spec(ds, train_idx, **kw)
-
-
-def trained_spec(cfg: DictConfig, ds: datasets.Dataset, train_idx: np.ndarray,
-                 device: torch.device, **kw) -> dict:
-    return Trainer.of(cfg, None, device).spec(ds, train_idx, **kw)
 
 
 def new_model(cfg: DictConfig, device: torch.device, seed: int) -> torch.nn.Module:

@@ -282,3 +282,15 @@ def test_the_amun_lipschitz_experiment_runs_end_to_end(make_cfg, tmp_path):
         norms = result["spectral_norms"][role]  # AMUN's fine-tuning kept the model clipped
         assert len(norms) == 21 and max(norms.values()) <= 1.02
         assert min(v for k, v in norms.items() if k != "fc") >= 0.98
+
+
+def test_a_compiled_clipped_model_is_clipped_once_per_step():
+    """torch.compile's wrapper answers for the module it wraps: its Clipper is still one."""
+    from models.fastclip import ClipSpec, attach
+    from runner.hooks import Clip
+    model = attach(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 36, 2)),
+                   ClipSpec(target=1.0), torch.zeros(1, 1, 8, 8))
+    compiled = torch.compile(model)  # nothing compiles until it is called
+    assert clippers_of(compiled) == [model.fastclip]
+    (hook,) = Clip.of(compiled, recompute=lambda m, b: None)
+    assert hook.clippers == [model.fastclip]

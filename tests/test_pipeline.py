@@ -258,3 +258,14 @@ def test_report_lists_jobs_of_a_sweep_that_never_started(tmp_path):
                        tmp_path / str(n) / ".hydra" / "overrides.yaml")
     assert never_started(tmp_path) == [
         r"method=rl paths.cache_dir=$\{oc.env\:NOT_SET_HERE\}/c seed=10"]
+
+
+def test_report_keeps_a_failed_run_whose_config_names_an_unknown_stage():
+    """A typo in `stage` fails the run before anything runs; the report still shows its row."""
+    bad = {"status": "failed", "error": "stage must be unlearn, reference or ensemble",
+           "config": {"stage": "ensembel", "seed": 1, "dataset": {"name": "digits"},
+                      "forget": {"kind": "random", "fraction": 0.1, "seed": 1},
+                      "method": {"name": "ft"}}}
+    rows = make_table([_result(1, 10.0), bad])
+    assert [r[2] for r in rows[1:]] == ["ga (no D_R)", "ft"]
+    assert rows[2][-1] == "0/1 (1 failed)"
