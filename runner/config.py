@@ -89,6 +89,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"the config cannot be resolved: {getattr(err, 'msg', None) or err}"
                           ) from None
     check_value(cfg.seed, Seed, "seed")
+    check_value(cfg.save_unlearned, bool, "save_unlearned")
     for key in ("cache_dir", "data_dir"):
         _check_writable_dir(cfg.paths.get(key), f"paths.{key}")
     _check_int(cfg.get("cpu_threads"), "cpu_threads", 1)

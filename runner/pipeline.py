@@ -21,6 +21,7 @@ from methods.common import UnlearnData, method_keys
 from models.spectral import spectral_norms
 from runner.cache import Cache, state_digest
 from runner.evaluate import EvalContext, avg_gap, predict
+from runner import saved
 from runner.plan import Plan
 from runner.reference import References, cached_logits
 from runner.shadows import Shadows
@@ -154,6 +155,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         example = to_float(ds.test_x[:1])
         extra["spectral_norms"] = {role: spectral_norms(m, example) for role, m in
                                    (("unlearned", model), ("retrain", oracle), ("original", original))}
+    if cfg.save_unlearned:  # the original and the oracle are in the cache already
+        extra["models"] = {
+            "unlearned": str(saved.save(run_dir, model, cfg)),
+            **{role: str(cache.path(role, state.cache_keys[role]) / "model.pt")
+               for role in ("original", "retrain")}}
     last = reports[-1]
     return {
         "method": cfg.method.name, "use_retain": cfg.method.use_retain, "dataset": cfg.dataset.name,

@@ -11,13 +11,14 @@ the `runs` column says ok/total and how many failed, were preempted, or are unfi
 without a word, or still running); a cell with no finished run says which; a run repeating
 another's config and seeds is flagged `dup`. Below the table, each such run is listed with its
 error, and so is every job of a Hydra sweep under DIR (its multirun.yaml) that never started.
-Writes DIR/table.md and DIR/table.csv and prints the markdown.
+Writes DIR/table.md (the markdown table, cells "mean ± std") and DIR/table.csv (the same numbers
+tidy, for pandas: one line per row and metric with mean, std, n and runs; see `tidy`) and prints
+the markdown.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import re
 import sys
@@ -25,6 +26,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from runner.results import METRICS_FILE
 from runner.table import COLUMNS, UNLEARN_TABLE, Table
@@ -161,10 +163,11 @@ def _seeds(r: dict) -> tuple:
     return r["config"].get("seed"), r["config"].get("forget", {}).get("seed")
 
 
-def make_table(results: list[dict], columns=COLUMNS) -> list[list[str]]:
-    """Header row then one row per (dataset, forget spec, method, other settings), plus the rows
-    each stage's table derives from its runs (the `original` row, one run per seed). Within a
-    dataset and forget spec, rows come in the order of the sweep's jobs (the derived first)."""
+def cells(results: list[dict]) -> list[tuple[tuple[str, str, str], list[dict]]]:
+    """The table's rows as (label, runs), in display order: one per (dataset, forget spec,
+    method, other settings), plus the rows each stage's table derives from its runs (the
+    `original` row, one run per seed). Within a dataset and forget spec, rows come in the order
+    of the sweep's jobs (the derived first)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     derived: dict[tuple, dict] = {}
     results = sorted(results, key=lambda r: _natural(str(r.get("run_dir", ""))))  # job order
@@ -180,16 +183,43 @@ def make_table(results: list[dict], columns=COLUMNS) -> list[list[str]]:
         groups[key].append(r)
         rank.setdefault(key, len(rank))
     labels = _labels(groups)
+    order = sorted(groups, key=lambda k: (*labels[k][:2], rank[k], labels[k][2]))
+    return [(labels[key], groups[key]) for key in order]
+
+
+def _values(runs: list[dict], column: str) -> list[float]:
+    """The column's value in each finished run."""
+    ok = [r for r in runs if r.get("status") == "ok"]
+    return [table_of(r).value(r, column) for r in ok]
+
+
+def make_table(results: list[dict], columns=COLUMNS) -> list[list[str]]:
+    """Header row then one row of strings per cell row (`cells`): "mean ± std" over its runs."""
     rows = [["dataset", "forget", "method", *columns, "runs"]]
-    for key in sorted(groups, key=lambda k: (*labels[k][:2], rank[k], labels[k][2])):
-        ok = [r for r in groups[key] if r.get("status") == "ok"]
-        if ok:
-            value = table_of(ok[0]).value
-            cells = [_cell([value(r, c) for r in ok]) for c in columns]
+    for label, runs in cells(results):
+        if any(r.get("status") == "ok" for r in runs):
+            row = [_cell(_values(runs, c)) for c in columns]
         else:  # says why there is no number
-            cells = ["/".join(sorted({status_of(r) for r in groups[key]}))] * len(columns)
-        rows.append([*labels[key], *cells, _runs_cell(groups[key])])
+            row = ["/".join(sorted({status_of(r) for r in runs}))] * len(columns)
+        rows.append([*label, *row, _runs_cell(runs)])
     return rows
+
+
+def tidy(results: list[dict], columns=COLUMNS, headers=("dataset", "forget")) -> pd.DataFrame:
+    """The table as numbers: one row per cell row and metric, with the mean, the sample std
+    (ddof=1; NaN for one run) and n, the finished runs it averages; `runs`, every run of the
+    row (failed and unfinished included). A row without a finished run has NaN mean and n 0."""
+    records = []
+    for label, runs in cells(results):
+        for column in columns:
+            values = np.asarray(_values(runs, column), dtype=float)
+            records.append({headers[0]: label[0], headers[1]: label[1], "method": label[2],
+                            "metric": column,
+                            "mean": values.mean() if len(values) else np.nan,
+                            "std": values.std(ddof=1) if len(values) > 1 else np.nan,
+                            "n": len(values), "runs": len(runs)})
+    return pd.DataFrame.from_records(
+        records, columns=[*headers, "method", "metric", "mean", "std", "n", "runs"])
 
 
 def regime(results: list[dict]) -> list[str]:
@@ -263,8 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or args.sweep_dir
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(markdown)
-    with open(out / "table.csv", "w", newline="") as f:
-        csv.writer(f).writerows(rows)
+    tidy(results, columns, table.headers).to_csv(out / "table.csv", index=False)
     print(markdown, end="")
     print(f"\n({len(results)} runs; written to {out / 'table.md'} and {out / 'table.csv'})")
     return 0

@@ -79,6 +79,7 @@ CORPUS = [
     (["paths.cache_dir=null"], "paths.cache_dir"),
     ([f"paths.cache_dir={A_FILE}"], "paths.cache_dir"),
     ([f"paths.data_dir={A_FILE}/sub"], "paths.data_dir"),
+    (["save_unlearned=maybe"], "save_unlearned"),
     (["seed=abc"], "seed"),
     (["seed=1.5"], "seed"),
     (["seed=-1"], "seed"),

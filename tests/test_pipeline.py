@@ -269,3 +269,52 @@ def test_report_keeps_a_failed_run_whose_config_names_an_unknown_stage():
     rows = make_table([_result(1, 10.0), bad])
     assert [r[2] for r in rows[1:]] == ["ga (no D_R)", "ft"]
     assert rows[2][-1] == "0/1 (1 failed)"
+
+
+def test_report_csv_is_tidy_and_numeric(tmp_path):
+    """table.csv loads in pandas with numeric columns: one line per row and metric."""
+    import pandas as pd
+
+    from runner.report import main
+    for n, r in enumerate([_result(1, 10.0), _result(2, 20.0), _result(3, 0.0, status="failed"),
+                           _result(1, 0.0, lr=0.5, status="failed")]):
+        (tmp_path / str(n)).mkdir()
+        (tmp_path / str(n) / "metrics.json").write_text(json.dumps({**r, "run_dir": str(n)}))
+    assert main([str(tmp_path)]) == 0
+    frame = pd.read_csv(tmp_path / "table.csv")
+    assert list(frame.columns) == ["dataset", "forget", "method", "metric", "mean", "std", "n",
+                                   "runs"]
+    assert all(pd.api.types.is_numeric_dtype(frame[c]) for c in ("mean", "std", "n", "runs"))
+    acc = frame[(frame.method == "ga (no D_R) method.lr=0.1") & (frame.metric == "forget_acc")]
+    assert acc[["mean", "n", "runs"]].values.tolist() == [[15.0, 2, 3]]
+    assert acc["std"].item() == pytest.approx(7.0711, abs=1e-4)
+    failed = frame[frame.method == "ga (no D_R) method.lr=0.5"]
+    assert failed["mean"].isna().all() and (failed["n"] == 0).all()
+    assert len(frame) == 2 * 5  # two rows, five metrics
+
+
+def test_the_saved_unlearned_model_reproduces_the_runs_metrics(make_cfg, tmp_path, shared_cache):
+    """unlearned.pt + unlearned.yaml rebuild the model; on the run's forget set (forget_idx.npy)
+    it gives the run's accuracies exactly. metrics.json names it and the cached original and oracle."""
+    from runner import saved
+    from runner.evaluate import EvalContext, accuracies
+
+    result = _run(make_cfg, tmp_path, shared_cache, "a", "method=ft")
+    run = tmp_path / "a"
+    assert result["models"]["unlearned"] == str(run / "unlearned.pt")
+    assert torch.load(run / "unlearned.pt", weights_only=True)  # a plain state dict
+    for role in ("original", "retrain"):
+        assert result["models"][role].endswith(f"{result['cache_keys'][role]}/model.pt")
+        assert Path(result["models"][role]).exists()
+    model = saved.load(run)
+    cfg = make_cfg(*FAST, "method=ft", cache_dir=shared_cache)
+    ds = load_dataset(cfg)
+    forget = np.load(run / "forget_idx.npy")
+    split = make_split(cfg.forget, ds.train_y.numpy(), ds.num_classes)
+    np.testing.assert_array_equal(split.forget_idx, forget)
+    again = accuracies(model, EvalContext(ds.train_x, ds.train_y, ds.test_x, ds.test_y, split,
+                                          ds.num_classes, batch_size=128))
+    for name in ("forget_acc", "retain_acc", "test_acc", "forget_confidence"):
+        assert again[name] == result["metrics"]["unlearned"][name], name
+    off = _run(make_cfg, tmp_path, shared_cache, "b", "method=ft", "save_unlearned=false")
+    assert "models" not in off and not (tmp_path / "b" / "unlearned.pt").exists()
