@@ -2,7 +2,8 @@
 
 Random forget sets reproduce the papers' code exactly: `np.random.seed(s);
 np.random.choice(N, n, replace=False)` (AMUN, SalUn). Class forget sets take every training
-sample of one class. Every split is a pure function of its spec and the labels, so the same spec
+sample of one class. An `indices` forget set is the one a file lists (`read_indices`), in its
+order (requests take consecutive chunks of it, as of a random set's draw). Every split is a pure function of its spec and the labels, so the same spec
 always gives the same indices; the indices' hash goes into the cache keys downstream.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -26,7 +28,7 @@ class SplitError(ValueError):
 class Split:
     """Indices into the training set. `forget_idx` keeps the sampler's order; `retain_idx` is sorted."""
 
-    kind: str  # "random" or "class"
+    kind: str  # "random", "class" or "indices"
     forget_idx: np.ndarray  # int64
     retain_idx: np.ndarray  # int64, sorted, the complement of forget_idx
     class_id: int | None = None
@@ -45,6 +47,8 @@ def describe(spec) -> str:
     """A forget spec in a table's words: `class 3`, `10%` or `n=500`."""
     if forgets_class(spec):
         return f"class {spec.get('class_id')}"
+    if spec.get("kind") == "indices":
+        return f"indices {Path(str(spec.get('path'))).name}"
     if spec.get("fraction") is not None:
         return f"{spec['fraction'] * 100:g}%"
     return f"n={spec.get('count')}"
@@ -58,13 +62,68 @@ def index_digest(idx: np.ndarray) -> str:
 @dataclass
 class ForgetSpec:
     """The `forget` config group's schema (runner.typed): `random` takes fraction or count and
-    seed, `class` takes class_id (checked against the dataset by `check_spec`)."""
+    seed, `class` takes class_id (checked against the dataset by `check_spec`), `indices` the
+    path of a file listing them (`read_indices`)."""
 
     kind: str = MISSING
     fraction: Optional[float] = None
     count: Optional[int] = None
     seed: Optional[Seed] = None
     class_id: Optional[int] = None
+    path: Optional[str] = None
+
+
+INDEX_FILES = (".npy", ".csv", ".txt")
+
+
+def read_indices(path) -> np.ndarray:
+    """The forget indices a file lists, in its order, as int64: a .npy array of integers, a .txt
+    of integers separated by white space, or a .csv with one column (a header line allowed).
+    SplitError (naming forget.path) when the file is missing, of another kind, empty, or holds a
+    non-integer, a negative or a repeated index."""
+    where = f"forget.path={path}"
+    path = Path(str(path)).expanduser()
+    if path.suffix not in INDEX_FILES:
+        raise SplitError(f"{where}: the file must be {', '.join(INDEX_FILES)}")
+    if not path.is_file():
+        raise SplitError(f"{where}: no such file")
+    if path.suffix == ".npy":
+        try:
+            values = np.load(path, allow_pickle=False)
+        except ValueError as err:
+            raise SplitError(f"{where}: not a readable .npy array ({err})") from None
+        if values.dtype.kind not in "iu":
+            raise SplitError(f"{where}: holds {values.dtype} values; indices must be integers")
+        words = None
+    else:
+        lines = path.read_text().splitlines()
+        if path.suffix == ".csv":
+            rows = [line.split(",") for line in lines if line.strip()]
+            if any(len(row) != 1 for row in rows):
+                raise SplitError(f"{where}: the .csv must have one column")
+            words = [row[0].strip() for row in rows]
+            if words and not _is_int(words[0]):
+                words = words[1:]  # a header
+        else:
+            words = " ".join(lines).split()
+        bad = next((w for w in words if not _is_int(w)), None)
+        if bad is not None:
+            raise SplitError(f"{where}: {bad!r} is not an integer index")
+        values = np.array([int(w) for w in words], dtype=np.int64)
+    values = np.asarray(values).astype(np.int64).ravel()
+    if len(values) == 0:
+        raise SplitError(f"{where}: the file lists no index")
+    if values.min() < 0:
+        raise SplitError(f"{where}: index {values.min()} is negative")
+    unique, counts = np.unique(values, return_counts=True)
+    if (counts > 1).any():
+        raise SplitError(f"{where}: index {unique[counts > 1][0]} is listed "
+                         f"{counts[counts > 1][0]} times")
+    return values
+
+
+def _is_int(word: str) -> bool:
+    return word.lstrip("+-").isdigit()
 
 
 def check_spec(spec, num_classes: int) -> None:
@@ -78,8 +137,12 @@ def check_spec(spec, num_classes: int) -> None:
         class_id = spec.get("class_id")
         if class_id is None or not 0 <= class_id < num_classes:
             raise SplitError(f"forget.class_id must lie in [0, {num_classes - 1}], got {class_id}")
+    elif kind == "indices":
+        if not isinstance(spec.get("path"), str) or not spec.get("path"):
+            raise SplitError("forget=indices needs forget.path=FILE (.npy, .csv or .txt)")
+        read_indices(spec.get("path"))
     else:
-        raise SplitError(f"unknown forget.kind {kind!r}; choose 'random' or 'class'")
+        raise SplitError(f"unknown forget.kind {kind!r}; choose 'random', 'class' or 'indices'")
 
 
 def _check_size(fraction: float | None, count: int | None) -> None:
@@ -123,7 +186,20 @@ def make_split(spec, train_y: np.ndarray, num_classes: int) -> Split:
     if spec.kind == "random":
         return random_forget(len(train_y), seed=spec.seed, fraction=spec.get("fraction"),
                              count=spec.get("count"))
+    if spec.kind == "indices":
+        return indices_forget(len(train_y), read_indices(spec.path), spec.path)
     return class_forget(train_y, spec.class_id, num_classes)
+
+
+def indices_forget(n_train: int, forget: np.ndarray, path) -> Split:
+    """Forget the listed training samples (`read_indices`), in the list's order."""
+    if forget.max() >= n_train:
+        raise SplitError(f"forget.path={path}: index {forget.max()} is out of range for a "
+                         f"training set of {n_train} samples")
+    if len(forget) >= n_train:
+        raise SplitError(f"forget.path={path}: lists all {n_train} training samples; D_R would "
+                         "be empty")
+    return Split("indices", forget, _complement(n_train, forget))
 
 
 def _complement(n: int, idx: np.ndarray) -> np.ndarray:

@@ -284,3 +284,19 @@ def test_a_diverged_model_is_never_cached(make_cfg):
                       RunState())
     assert not [p for p in (Path(cfg.paths.cache_dir) / "original").iterdir()
                 if not p.name.startswith(".")]
+
+
+def test_a_bad_forget_file_is_one_line_naming_forget_path(tmp_path, capsys):
+    """Refused before any data when the file itself is wrong; after loading the data (which says
+    how many training samples there are) when an index is out of range; never after training."""
+    for content, message, stages in (("5 5", "index 5 is listed 2 times", []),
+                                     ("5 99999", "index 99999 is out of range", ["data"])):
+        path = tmp_path / "f.txt"
+        path.write_text(content)
+        code, err, run_dir = _cli(tmp_path, capsys, "dataset=digits", "forget=indices",
+                                  f"forget.path={path}")
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and "forget.path" in lines[0], err
+        assert message in lines[0] and _stages(run_dir) == stages
+    code, err, _ = _cli(tmp_path, capsys, "dataset=digits", "forget=indices")
+    assert code == 2 and "forget=indices needs forget.path=FILE" in err

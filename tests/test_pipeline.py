@@ -318,3 +318,14 @@ def test_the_saved_unlearned_model_reproduces_the_runs_metrics(make_cfg, tmp_pat
         assert again[name] == result["metrics"]["unlearned"][name], name
     off = _run(make_cfg, tmp_path, shared_cache, "b", "method=ft", "save_unlearned=false")
     assert "models" not in off and not (tmp_path / "b" / "unlearned.pt").exists()
+
+
+def test_a_forget_set_from_a_file_is_forgotten_in_its_order(make_cfg, tmp_path, shared_cache):
+    listed = np.array([1400, 3, 977, 12, 500, 41, 8, 1000, 650, 222], dtype=np.int64)
+    (tmp_path / "mine.csv").write_text("index\n" + "\n".join(map(str, listed)) + "\n")
+    result = _run(make_cfg, tmp_path, shared_cache, "a", "method=ft", "forget=indices",
+                  f"forget.path={tmp_path / 'mine.csv'}")
+    assert result["n_forget"] == 10 and result["n_retain"] == 1437 - 10
+    np.testing.assert_array_equal(np.load(tmp_path / "a" / "forget_idx.npy"), listed)
+    rows = make_table([json.loads((tmp_path / "a" / "metrics.json").read_text())])
+    assert rows[1][:3] == ["digits", "indices mine.csv", "original"]

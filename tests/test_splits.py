@@ -55,3 +55,40 @@ def test_make_split_from_config_and_digest_is_order_free():
     split = make_split(spec, np.zeros(50, dtype=np.int64), 10)
     assert index_digest(split.forget_idx) == index_digest(split.forget_idx[::-1])
     assert index_digest(split.forget_idx) != index_digest(split.forget_idx[1:])
+
+
+def test_an_indices_file_is_read_in_its_order(tmp_path):
+    from data.splits import indices_forget, read_indices
+    np.save(tmp_path / "f.npy", np.array([7, 2, 5], dtype=np.int32))
+    (tmp_path / "f.txt").write_text("7 2\n5\n")
+    (tmp_path / "f.csv").write_text("index\n7\n2\n5\n")
+    for name in ("f.npy", "f.txt", "f.csv"):
+        idx = read_indices(tmp_path / name)
+        assert idx.dtype == np.int64 and idx.tolist() == [7, 2, 5], name
+    split = indices_forget(10, read_indices(tmp_path / "f.npy"), "f.npy")
+    assert split.kind == "indices" and split.forget_idx.tolist() == [7, 2, 5]
+    assert split.retain_idx.tolist() == [0, 1, 3, 4, 6, 8, 9]
+    with pytest.raises(SplitError, match="index 7 is out of range for a training set of 6"):
+        indices_forget(6, read_indices(tmp_path / "f.npy"), "f.npy")
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("f.txt", "", "lists no index"),
+    ("f.txt", "3 1 3", "index 3 is listed 2 times"),
+    ("f.txt", "3 -1", "index -1 is negative"),
+    ("f.txt", "3 1.5", "'1.5' is not an integer index"),
+    ("f.csv", "3,4\n5,6\n", "one column"),
+    ("f.json", "[1, 2]", "must be .npy, .csv, .txt"),
+    ("f.npy", np.array([1.0, 2.0]), "float64 values; indices must be integers"),
+    ("missing.npy", None, "no such file"),
+])
+def test_a_bad_indices_file_is_one_error_naming_forget_path(tmp_path, name, content, message):
+    from data.splits import read_indices
+    path = tmp_path / name
+    if isinstance(content, np.ndarray):
+        np.save(path, content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(SplitError, match=message) as info:
+        read_indices(path)
+    assert str(info.value).startswith(f"forget.path={path}")
