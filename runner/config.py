@@ -15,15 +15,17 @@ import re
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from data.dataset import DatasetSpec
 from data.splits import ForgetSpec, SplitError, check_spec
 from methods.common import check_method
-from models.build import check_model
+from models.build import build_model, check_model
 from runner import ensemble, reference
 from runner.recipe import Recipe
+from runner.saved import read_state
 from runner.stages import stage_of
 from runner.evaluate import check_evaluators
 from runner.typed import ConfigError, Seed, check_target, check_value, typed
@@ -123,3 +125,8 @@ def validate(cfg: DictConfig) -> None:
         check_model(cfg.model, cfg.dataset)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    given = cfg.original.checkpoint
+    if given is not None:  # before any data: the file against the configured architecture
+        check_value(given, str, "original.checkpoint")
+        with torch.random.fork_rng(devices=[]):  # building it draws no number of the run's
+            read_state(given, build_model(cfg.model, cfg.dataset), "original.checkpoint")

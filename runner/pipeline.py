@@ -84,11 +84,19 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
     shadows = Shadows(trainer, ds, refs, split.forget_idx, unlearn_shadow,
                       class_id=split.class_id, batch_size=batch_size)
+    given = cfg.original.checkpoint  # a user's original instead of a trained one
     plan = make_plan(trainer, ds, split, chunks, refs, shadows, preparations,
-                     list(evaluators.values()))
+                     list(evaluators.values()), given)
     plan.log()
     with state.stage("original"):
-        original = trainer.train_or_load("original", ds, np.arange(len(ds.train_y)), state)
+        if given is None:
+            original = trainer.train_or_load("original", ds, np.arange(len(ds.train_y)), state)
+        else:
+            original = trainer.new_model(cfg.seed)
+            original.load_state_dict(saved.read_state(given, original, "original.checkpoint"))
+            original.eval()
+            state.cache_keys["original"] = given_key(given)
+            state.cache_hits["original"] = True  # loaded, not trained
     built = {p.field: [] for p in preparations}
     whole = {}  # the preparations made once, on the original, for the whole forget set
     for p in (p for p in preparations if p.once):
@@ -158,8 +166,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     if cfg.save_unlearned:  # the original and the oracle are in the cache already
         extra["models"] = {
             "unlearned": str(saved.save(run_dir, model, cfg)),
-            **{role: str(cache.path(role, state.cache_keys[role]) / "model.pt")
-               for role in ("original", "retrain")}}
+            "original": (str(Path(given).expanduser().resolve()) if given is not None else
+                         str(cache.path("original", state.cache_keys["original"]) / "model.pt")),
+            "retrain": str(cache.path("retrain", state.cache_keys["retrain"]) / "model.pt")}
     last = reports[-1]
     return {
         "method": cfg.method.name, "use_retain": cfg.method.use_retain, "dataset": cfg.dataset.name,
@@ -173,13 +182,24 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     }
 
 
+def given_key(path) -> str:
+    """The key of an original given as a file (`original.checkpoint`): its bytes' sha256."""
+    return "given-" + saved.file_digest(path)
+
+
 def make_plan(trainer: Trainer, ds, split: Split, chunks: list[np.ndarray], refs: References,
-              shadows: Shadows, preparations: list, evaluators: list) -> Plan:
-    """What `run` will train, build, load and run, in its order (runner.plan)."""
+              shadows: Shadows, preparations: list, evaluators: list,
+              given: str | None = None) -> Plan:
+    """What `run` will train, build, load and run, in its order (runner.plan); `given`: the
+    original's file, if the run is given one."""
     plan, cache = Plan(), trainer.cache
     plan.cached(f"dataset {ds.name}", "datasets", ds.fingerprint, True)
-    original = trainer.key(ds, np.arange(len(ds.train_y)))
-    plan.cached("original", "original", original, cache.has("original", original))
+    if given is None:
+        original = trainer.key(ds, np.arange(len(ds.train_y)))
+        plan.cached("original", "original", original, cache.has("original", original))
+    else:
+        original = given_key(given)
+        plan.cached(f"original ({given})", "given", original, True)
     for p in (p for p in preparations if p.once):
         key = p.key(original, split.forget_idx)
         plan.cached(p.field, p.kind, key, p.has(key), miss="build")

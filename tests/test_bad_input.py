@@ -300,3 +300,28 @@ def test_a_bad_forget_file_is_one_line_naming_forget_path(tmp_path, capsys):
         assert message in lines[0] and _stages(run_dir) == stages
     code, err, _ = _cli(tmp_path, capsys, "dataset=digits", "forget=indices")
     assert code == 2 and "forget=indices needs forget.path=FILE" in err
+
+
+def test_a_bad_original_checkpoint_is_one_line_before_any_data(tmp_path, capsys, make_cfg):
+    from models.build import build_model
+
+    fits = build_model(make_cfg("dataset=digits").model, make_cfg("dataset=digits").dataset)
+    state = fits.state_dict()
+    name = next(k for k, v in state.items() if v.dim() > 1)
+    wrong_shape = {**state, name: torch.zeros(3, 3)}
+    cases = {"missing.pt": (None, "no such file"),
+             "junk.pt": (b"not a torch file", "not a loadable state dict"),
+             "other.pt": (torch.nn.Linear(2, 2).state_dict(), "does not fit the configured model"),
+             "shape.pt": (wrong_shape, f"{name} is (3, 3) there and")}
+    for file, (content, message) in cases.items():
+        path = tmp_path / file
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        elif content is not None:
+            torch.save(content, path)
+        code, err, run_dir = _cli(tmp_path, capsys, "dataset=digits",
+                                  f"original.checkpoint={path}")
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and "original.checkpoint" in lines[0], err
+        assert message in lines[0], err
+        assert _stages(run_dir) == []

@@ -1,5 +1,6 @@
 """End to end on the bundled digits: the runs a user makes, and the outcomes they rely on."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -329,3 +330,18 @@ def test_a_forget_set_from_a_file_is_forgotten_in_its_order(make_cfg, tmp_path, 
     np.testing.assert_array_equal(np.load(tmp_path / "a" / "forget_idx.npy"), listed)
     rows = make_table([json.loads((tmp_path / "a" / "metrics.json").read_text())])
     assert rows[1][:3] == ["digits", "indices mine.csv", "original"]
+
+
+def test_a_given_original_is_used_as_it_is(make_cfg, tmp_path, shared_cache):
+    """original.checkpoint: the run's original is that file's model (here the unlearned model of
+    another run: its metrics come back as the original's), keyed by the file's bytes."""
+    first = _run(make_cfg, tmp_path, shared_cache, "a", "method=ft")
+    given = tmp_path / "a" / "unlearned.pt"
+    second = _run(make_cfg, tmp_path, shared_cache, "b", "method=rl",
+                  f"original.checkpoint={given}")
+    assert second["metrics"]["original"] == first["metrics"]["unlearned"]
+    digest = hashlib.sha256(given.read_bytes()).hexdigest()
+    assert second["cache_keys"]["original"] == f"given-{digest}"
+    assert second["models"]["original"] == str(given.resolve())
+    assert second["cache_keys"]["retrain"] == first["cache_keys"]["retrain"]  # the same oracle
+    assert any(i["kind"] == "given" for i in second["plan"])
