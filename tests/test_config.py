@@ -20,14 +20,18 @@ def _options(group):
 
 @pytest.mark.parametrize("group", ["dataset", "model", "train", "forget", "method", "eval",
                                    "logger", "paths", "experiment"])
-def test_every_option_composes_and_validates(make_cfg, group):
+def test_every_option_composes_and_validates(make_cfg, group, tmp_path):
     assert _options(group), f"conf/{group} is empty"
+    indices = tmp_path / "forget.txt"
+    indices.write_text("0\n5\n9\n")
     for option in _options(group):
         class_forget = (group, option) in {("forget", "class"), ("method", "trw"),
                                            ("eval", "class_unlearning"), ("eval", "class_ulira")}
         extra = ["forget=class", "forget.class_id=1"] if class_forget else []
         if (group, option) in {("model", "airbench"), ("train", "fast")}:
             extra = ["dataset=cifar10", "model=airbench"]  # airbench takes 16x16 and up
+        if (group, option) == ("forget", "indices"):
+            extra = [f"forget.path={indices}"]  # the one option that needs the user's file
         cfg = make_cfg(f"{group}={option}", *extra)
         validate(cfg)
 
