@@ -77,7 +77,9 @@ def ulira(model, ctx, *, num_shadows: Annotated[int, Range(ge=2)], fix_variance:
         phi = lira_phi(ctx.logits(m, "forget"), forget_y)
         return likelihood_ratio(phi, unlearned, retrained)[in_forget]
 
-    return distinguish(score(model), score(ctx.oracle))
+    own = score(model)
+    ctx.keep("ulira_llr", np.asarray(ctx.split.forget_idx)[in_forget], own)
+    return distinguish(own, score(ctx.oracle))
 
 
 ulira.metric_names = ("ulira_auc", "ulira_acc")

@@ -70,6 +70,10 @@ def mia_nn(model, ctx, *, num_neighbors: int, C: Positive, folds: int, seed: int
     in_class = (ctx.labels("test") == f).cpu().numpy()
     members = nn_features(_probs(ctx.logits(model, "forget")), classes)
     nonmembers = nn_features(_probs(ctx.logits(model, "test"))[in_class], classes)
+    test_rows = len(ctx.train_y) + np.flatnonzero(in_class)
+    for j, c in enumerate(classes):
+        ctx.keep(f"mia_nn_p{c}", "forget", members[:, j])
+        ctx.keep(f"mia_nn_p{c}", test_rows, nonmembers[:, j])
     return {"mia_nn": mia_nn_score(members, nonmembers, C=C, folds=folds, seed=seed)}
 
 

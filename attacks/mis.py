@@ -23,13 +23,20 @@ def true_label_confidence(logits: torch.Tensor, y: torch.Tensor) -> np.ndarray:
     return true_softmax(logits, y)
 
 
-def mia_efficacy_score(member: np.ndarray, nonmember: np.ndarray, target: np.ndarray, *,
-                       C: float) -> float:
-    """% of `target` predicted non-member by an SVC fit on member (1) vs non-member (0) features."""
+def member_predictions(member: np.ndarray, nonmember: np.ndarray, target: np.ndarray, *,
+                       C: float) -> np.ndarray:
+    """1 for each `target` sample an SVC fit on member (1) vs non-member (0) features calls a
+    member, else 0."""
     features = np.concatenate([member, nonmember]).reshape(-1, 1)
     labels = np.concatenate([np.ones(len(member)), np.zeros(len(nonmember))])
     svc = SVC(C=C, kernel="rbf", gamma="auto").fit(features, labels)
-    return float(np.mean(svc.predict(target.reshape(-1, 1)) == 0) * 100.0)
+    return svc.predict(target.reshape(-1, 1))
+
+
+def mia_efficacy_score(member: np.ndarray, nonmember: np.ndarray, target: np.ndarray, *,
+                       C: float) -> float:
+    """% of `target` predicted non-member (`member_predictions`)."""
+    return float(np.mean(member_predictions(member, nonmember, target, C=C) == 0) * 100.0)
 
 
 def mia_efficacy(model: torch.nn.Module, ctx, *, num_members: Count | None, C: Positive,
@@ -39,7 +46,9 @@ def mia_efficacy(model: torch.nn.Module, ctx, *, num_members: Count | None, C: P
             for s in ("forget", "retain", "test")}
     n = min(num_members or len(conf["test"]), len(conf["retain"]))
     members = conf["retain"][np.random.RandomState(seed).choice(len(conf["retain"]), n, replace=False)]
-    return {"mia_efficacy": mia_efficacy_score(members, conf["test"], conf["forget"], C=C)}
+    called = member_predictions(members, conf["test"], conf["forget"], C=C)
+    ctx.keep("mia_efficacy_member", "forget", called, np.float32)
+    return {"mia_efficacy": float(np.mean(called == 0) * 100.0)}
 
 
 mia_efficacy.metric_names = ("mia_efficacy",)

@@ -88,6 +88,7 @@ def rmia(model, ctx, *, gamma: Positive, temperature: Positive, margin: float,
     n_train = len(ctx.train_y)
     groups = {"forget": score[ctx.split.forget_idx], "retain": score[ctx.split.retain_idx],
               "test": score[n_train:]}
+    ctx.keep("rmia_score", "population", score)
     if ctx.run_dir is not None:
         plot_roc(groups, ctx.run_dir / f"rmia_roc_{ctx.role}.png", title=f"RMIA, {ctx.role} model")
     return balanced_metrics(groups)

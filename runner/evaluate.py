@@ -51,6 +51,7 @@ class EvalContext:
     population_x: torch.Tensor | None = None     # train + test images, if the caller has them
     run_dir: Path | None = None  # where evaluators may write plots
     role: str = ""               # the role of the model being evaluated (unlearned, retrain, ...)
+    samples: Any = None          # runner.samples.Samples: per-sample columns, if the run keeps them
     _logits: dict = field(default_factory=dict, repr=False)
     _subsets: dict = field(default_factory=dict, repr=False)
     _memo: dict = field(default_factory=dict, repr=False)
@@ -103,6 +104,12 @@ class EvalContext:
 
     def labels(self, name: str) -> torch.Tensor:
         return self.subset(name)[1]
+
+    def keep(self, name: str, where, values, dtype=np.float64) -> None:
+        """Keep a per-sample score of the model being evaluated (runner.samples; `where`: a split
+        name, "population", or row numbers: train index, or len(train) + test index)."""
+        if self.samples is not None:
+            self.samples.keep(self.role, name, where, values, dtype)
 
     def forget_model(self, model: torch.nn.Module) -> None:
         """Drop memoized outputs of `model` (call when it is done or about to change)."""

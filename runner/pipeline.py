@@ -24,6 +24,7 @@ from runner.evaluate import EvalContext, avg_gap, predict
 from runner import saved
 from runner.plan import Plan
 from runner.reference import References, cached_logits
+from runner.samples import SPLITS, Samples
 from runner.shadows import Shadows
 from runner.train import check_finite
 from runner.trained import RunState, Trainer, eval_batch_size, load_dataset, resolve_device
@@ -134,9 +135,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                 oracle=oracle, population_x=ds.population[0],
                 model_keys={original: state.cache_keys["original"],
                             oracle: state.cache_keys["retrain"]},
-                run_dir=run_dir if k == len(chunks) else None)  # plots of the final models
+                run_dir=run_dir if k == len(chunks) else None,  # plots of the final models
+                samples=(Samples(sub, ds.train_y, ds.test_y)
+                         if cfg.save_samples and k == len(chunks) else None))
             metrics = _evaluate(ctx, list(evaluators.values()),
                                 {"unlearned": model, "retrain": oracle, "original": original})
+            if ctx.samples is not None:
+                samples_file = ctx.samples.save(run_dir)
         reports.append({"request": k, "n_request": int(len(chunk)), "n_forget": int(len(forgotten)),
                         "n_retain": int(len(sub.retain_idx)), "forget_idx_sha256": sub.digest("forget"),
                         "retrain_key": state.cache_keys["retrain"], "metrics": metrics,
@@ -163,6 +168,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         example = to_float(ds.test_x[:1])
         extra["spectral_norms"] = {role: spectral_norms(m, example) for role, m in
                                    (("unlearned", model), ("retrain", oracle), ("original", original))}
+    if cfg.save_samples:
+        extra["samples"] = str(samples_file)
     if cfg.save_unlearned:  # the original and the oracle are in the cache already
         extra["models"] = {
             "unlearned": str(saved.save(run_dir, model, cfg)),
@@ -252,6 +259,8 @@ def _evaluate(ctx: EvalContext, evaluators: list, models: dict) -> dict:
         metrics[role] = {}
         for evaluate in evaluators:
             metrics[role].update(evaluate(model, ctx))
+        if ctx.samples is not None:
+            ctx.samples.keep_outputs(role, {s: ctx.logits(model, s) for s in SPLITS})
         ctx.forget_model(model)
     return metrics
 

@@ -80,6 +80,7 @@ CORPUS = [
     ([f"paths.cache_dir={A_FILE}"], "paths.cache_dir"),
     ([f"paths.data_dir={A_FILE}/sub"], "paths.data_dir"),
     (["save_unlearned=maybe"], "save_unlearned"),
+    (["save_samples=1"], "save_samples"),
     (["seed=abc"], "seed"),
     (["seed=1.5"], "seed"),
     (["seed=-1"], "seed"),

@@ -317,8 +317,10 @@ def test_the_saved_unlearned_model_reproduces_the_runs_metrics(make_cfg, tmp_pat
                                           ds.num_classes, batch_size=128))
     for name in ("forget_acc", "retain_acc", "test_acc", "forget_confidence"):
         assert again[name] == result["metrics"]["unlearned"][name], name
-    off = _run(make_cfg, tmp_path, shared_cache, "b", "method=ft", "save_unlearned=false")
+    off = _run(make_cfg, tmp_path, shared_cache, "b", "method=ft", "save_unlearned=false",
+               "save_samples=false")
     assert "models" not in off and not (tmp_path / "b" / "unlearned.pt").exists()
+    assert "samples" not in off and not (tmp_path / "b" / "samples.npz").exists()
 
 
 def test_a_forget_set_from_a_file_is_forgotten_in_its_order(make_cfg, tmp_path, shared_cache):
