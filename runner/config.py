@@ -126,8 +126,15 @@ def validate(cfg: DictConfig) -> None:
         check_model(cfg.model, cfg.dataset)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    given = cfg.original.checkpoint
-    if given is not None:  # before any data: the file against the configured architecture
-        check_value(given, str, "original.checkpoint")
-        with torch.random.fork_rng(devices=[]):  # building it draws no number of the run's
-            read_state(given, build_model(cfg.model, cfg.dataset), "original.checkpoint")
+    for where in ("original.checkpoint", "unlearned.checkpoint"):
+        given = OmegaConf.select(cfg, where)
+        if given is not None:  # before any data: the file against the configured architecture
+            check_value(given, str, where)
+            with torch.random.fork_rng(devices=[]):  # building it draws no number of the run's
+                read_state(given, build_model(cfg.model, cfg.dataset), where)
+    if cfg.unlearned.checkpoint is not None and cfg.stage != "unlearn":
+        raise ConfigError(f"unlearned.checkpoint is evaluated by stage=unlearn, not "
+                          f"stage={cfg.stage}")
+    if cfg.unlearned.checkpoint is not None and cfg.requests != 1:
+        raise ConfigError(f"unlearned.checkpoint with requests={cfg.requests}: a given model is "
+                          "one unlearning; set requests=1")

@@ -68,7 +68,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     unlearn = partial_of(cfg.method, "method", 2, method_keys(target))
     evaluators = {name: partial_of(node, f"eval.evaluators.{name}", 2)
                   for name, node in cfg.eval.evaluators.items()}
-    preparations = [p(cfg.method, cache) for p in getattr(target, "prepares", ())]
+    given_unlearned = cfg.unlearned.checkpoint  # a model to evaluate instead of the method's
+    preparations = ([] if given_unlearned is not None else
+                    [p(cfg.method, cache) for p in getattr(target, "prepares", ())])
     # Built on first use: a run whose evaluators need no reference model trains none.
     refs = References(trainer, cfg.reference, ds, batch_size)
 
@@ -87,7 +89,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                       class_id=split.class_id, batch_size=batch_size)
     given = cfg.original.checkpoint  # a user's original instead of a trained one
     plan = make_plan(trainer, ds, split, chunks, refs, shadows, preparations,
-                     list(evaluators.values()), given)
+                     list(evaluators.values()), given, given_unlearned)
     plan.log()
     with state.stage("original"):
         if given is None:
@@ -125,9 +127,16 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                 built[p.field].append(p.build(model, key, data.forget_x, data.forget_y, chunk))
                 setattr(data, p.field, built[p.field][-1].take())
         with state.stage("unlearn" + tag):
-            torch.manual_seed(cfg.seed + k - 1)
-            model = unlearn(copy.deepcopy(model), data).eval()
-            check_finite(model, f"method {cfg.method.name}")
+            if given_unlearned is None:
+                torch.manual_seed(cfg.seed + k - 1)
+                model = unlearn(copy.deepcopy(model), data).eval()
+                check_finite(model, f"method {cfg.method.name}")
+            else:
+                model = copy.deepcopy(original)
+                model.load_state_dict(saved.read_state(given_unlearned, model,
+                                                       "unlearned.checkpoint"))
+                model.eval()
+                state.cache_keys["unlearned"] = given_key(given_unlearned)
         with state.stage("evaluate" + tag):
             ctx = EvalContext(
                 ds.train_x, ds.train_y, ds.test_x, ds.test_y, sub, ds.num_classes,
@@ -170,9 +179,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                                    (("unlearned", model), ("retrain", oracle), ("original", original))}
     if cfg.save_samples:
         extra["samples"] = str(samples_file)
+    if given_unlearned is not None:
+        extra["unlearned_checkpoint"] = str(Path(given_unlearned).expanduser().resolve())
     if cfg.save_unlearned:  # the original and the oracle are in the cache already
         extra["models"] = {
-            "unlearned": str(saved.save(run_dir, model, cfg)),
+            "unlearned": (extra["unlearned_checkpoint"] if given_unlearned is not None else
+                          str(saved.save(run_dir, model, cfg))),
             "original": (str(Path(given).expanduser().resolve()) if given is not None else
                          str(cache.path("original", state.cache_keys["original"]) / "model.pt")),
             "retrain": str(cache.path("retrain", state.cache_keys["retrain"]) / "model.pt")}
@@ -189,16 +201,18 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     }
 
 
-def given_key(path) -> str:
-    """The key of an original given as a file (`original.checkpoint`): its bytes' sha256."""
+def given_key(path: str) -> str:
+    """The key of a model given as a file (`original.checkpoint`, `unlearned.checkpoint`): its
+    bytes' sha256."""
     return "given-" + saved.file_digest(path)
 
 
 def make_plan(trainer: Trainer, ds, split: Split, chunks: list[np.ndarray], refs: References,
               shadows: Shadows, preparations: list, evaluators: list,
-              given: str | None = None) -> Plan:
+              given: str | None = None, given_unlearned: str | None = None) -> Plan:
     """What `run` will train, build, load and run, in its order (runner.plan); `given`: the
-    original's file, if the run is given one."""
+    original's file, if the run is given one; `given_unlearned`: the file of the model it
+    evaluates instead of running the method."""
     plan, cache = Plan(), trainer.cache
     plan.cached(f"dataset {ds.name}", "datasets", ds.fingerprint, True)
     if given is None:
@@ -220,7 +234,11 @@ def make_plan(trainer: Trainer, ds, split: Split, chunks: list[np.ndarray], refs
         for p in (p for p in preparations if not p.once):
             key = p.key(original, chunk) if k == 1 else None  # later: the model request k-1 left
             plan.cached(p.field + tag, p.kind, key, key is not None and p.has(key), miss="build")
-        plan.own("unlearn" + tag)
+        if given_unlearned is None:
+            plan.own("unlearn" + tag)
+        else:
+            plan.cached(f"unlearned ({given_unlearned})", "given", given_key(given_unlearned),
+                        True)
         if k == 1:  # what the evaluators use (`evaluate.uses`) is made at their first run
             uses = [(use, e) for e in evaluators for use in getattr(e.func, "uses", ())]
             if any(use == "reference" for use, _ in uses):

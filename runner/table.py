@@ -9,6 +9,7 @@ without D_R is marked so), cells from the unlearned model's metrics and the run'
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Callable
 
 import numpy as np
@@ -41,6 +42,9 @@ def unlearn_row(cfg: dict) -> tuple[str, str, str]:
     method = cfg.get("method", {}).get("name", "?")
     if cfg.get("method", {}).get("use_retain") is False:
         method += " (no D_R)"
+    given = (cfg.get("unlearned") or {}).get("checkpoint")
+    if given is not None:  # a model given to evaluate, not the method's
+        method = f"given {PurePath(given).name}"
     return cfg.get("dataset", {}).get("name", "?"), describe(cfg.get("forget", {})), method
 
 
@@ -68,7 +72,7 @@ def original_views(results: list[dict]) -> list[dict]:
         metrics = r["metrics"]
         gap = float(np.mean([abs(metrics["original"][n] - metrics["retrain"][n])
                              for n in r["gap_metrics"]]))
-        config = {**r["config"], "method": {"name": "original"}}
+        config = {**r["config"], "method": {"name": "original"}, "unlearned": {"checkpoint": None}}
         views.append({**r, "config": config, "avg_gap": gap,
                       "metrics": {"unlearned": metrics["original"]}})
     return views

@@ -303,7 +303,7 @@ def test_a_bad_forget_file_is_one_line_naming_forget_path(tmp_path, capsys):
     assert code == 2 and "forget=indices needs forget.path=FILE" in err
 
 
-def test_a_bad_original_checkpoint_is_one_line_before_any_data(tmp_path, capsys, make_cfg):
+def test_a_bad_given_model_is_one_line_before_any_data(tmp_path, capsys, make_cfg):
     from models.build import build_model
 
     fits = build_model(make_cfg("dataset=digits").model, make_cfg("dataset=digits").dataset)
@@ -320,9 +320,13 @@ def test_a_bad_original_checkpoint_is_one_line_before_any_data(tmp_path, capsys,
             path.write_bytes(content)
         elif content is not None:
             torch.save(content, path)
-        code, err, run_dir = _cli(tmp_path, capsys, "dataset=digits",
-                                  f"original.checkpoint={path}")
-        lines = err.strip().splitlines()
-        assert code == 2 and len(lines) == 1 and "original.checkpoint" in lines[0], err
-        assert message in lines[0], err
-        assert _stages(run_dir) == []
+        for key in ("original.checkpoint", "unlearned.checkpoint"):
+            code, err, run_dir = _cli(tmp_path, capsys, "dataset=digits", f"{key}={path}")
+            lines = err.strip().splitlines()
+            assert code == 2 and len(lines) == 1 and key in lines[0], err
+            assert message in lines[0], err
+            assert _stages(run_dir) == []
+    torch.save(state, tmp_path / "fits.pt")
+    code, err, _ = _cli(tmp_path, capsys, "dataset=digits", "requests=2",
+                        f"unlearned.checkpoint={tmp_path / 'fits.pt'}")
+    assert code == 2 and "unlearned.checkpoint with requests=2" in err

@@ -347,3 +347,20 @@ def test_a_given_original_is_used_as_it_is(make_cfg, tmp_path, shared_cache):
     assert second["models"]["original"] == str(given.resolve())
     assert second["cache_keys"]["retrain"] == first["cache_keys"]["retrain"]  # the same oracle
     assert any(i["kind"] == "given" for i in second["plan"])
+
+
+def test_a_given_unlearned_model_is_evaluated_as_the_runs(make_cfg, tmp_path, shared_cache):
+    """unlearned.checkpoint: the run evaluates that file's model instead of running the method,
+    against the same oracle and original; its table row is named after the file."""
+    first = _run(make_cfg, tmp_path, shared_cache, "a", "method=rl")
+    given = tmp_path / "a" / "unlearned.pt"
+    second = _run(make_cfg, tmp_path, shared_cache, "b", f"unlearned.checkpoint={given}")
+    assert second["metrics"] == first["metrics"] and second["avg_gap"] == first["avg_gap"]
+    assert second["models"]["unlearned"] == str(given.resolve())
+    assert not (tmp_path / "b" / "unlearned.pt").exists()
+    items = {i["name"]: (i["kind"], i["action"]) for i in second["plan"]}
+    assert items[f"unlearned ({given})"] == ("given", "load") and "unlearn" not in items
+    digest = hashlib.sha256(given.read_bytes()).hexdigest()
+    assert second["cache_keys"]["unlearned"] == f"given-{digest}"
+    rows = make_table([json.loads((tmp_path / "b" / "metrics.json").read_text())])
+    assert [r[2] for r in rows[1:]] == ["original", "given unlearned.pt"]
