@@ -14,8 +14,6 @@ AUC (retain vs test), and the FT TPR at 1 % and 0.1 % FPR. A perfect unlearning 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
@@ -89,8 +87,6 @@ def rmia(model, ctx, *, gamma: Positive, temperature: Positive, margin: float,
     groups = {"forget": score[ctx.split.forget_idx], "retain": score[ctx.split.retain_idx],
               "test": score[n_train:]}
     ctx.keep("rmia_score", "population", score)
-    if ctx.run_dir is not None:
-        plot_roc(groups, ctx.run_dir / f"rmia_roc_{ctx.role}.png", title=f"RMIA, {ctx.role} model")
     return balanced_metrics(groups)
 
 
@@ -98,23 +94,3 @@ rmia.metric_names = ("rmia_ft_auc", "rmia_fr_auc", "rmia_rt_auc", "rmia_ft_tpr_a
                      "rmia_ft_tpr_at_0p1pct_fpr")
 rmia.uses = ("reference",)  # ctx.reference(): the run's reference models (runner.reference)
 
-
-def plot_roc(groups: dict[str, np.ndarray], path: Path, title: str) -> None:
-    """The three pairs' ROC curves on log-log axes (all samples, not subsampled)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    for name, (pos, neg) in PAIRS.items():
-        labels = np.r_[np.ones(len(groups[pos])), np.zeros(len(groups[neg]))]
-        f, t, _ = roc_curve(labels, np.r_[groups[pos], groups[neg]])
-        ax.plot(f, t, label=f"{name.upper()} ({pos} vs {neg})")
-    ax.plot([1e-4, 1], [1e-4, 1], "k:", lw=0.8)
-    ax.set(xscale="log", yscale="log", xlim=(1e-4, 1), ylim=(1e-4, 1.02),
-           xlabel="false positive rate", ylabel="true positive rate", title=title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -8,7 +8,6 @@ large batches under `torch.inference_mode`, and shared by all evaluators.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -49,7 +48,6 @@ class EvalContext:
     model_keys: dict = field(default_factory=dict)
     oracle: torch.nn.Module | None = None        # the run's retrain oracle
     population_x: torch.Tensor | None = None     # train + test images, if the caller has them
-    run_dir: Path | None = None  # where evaluators may write plots
     role: str = ""               # the role of the model being evaluated (unlearned, retrain, ...)
     samples: Any = None          # runner.samples.Samples: per-sample columns, if the run keeps them
     _logits: dict = field(default_factory=dict, repr=False)

@@ -21,6 +21,7 @@ from methods.common import UnlearnData, method_keys
 from models.spectral import spectral_norms
 from runner.cache import Cache, state_digest
 from runner.evaluate import EvalContext, avg_gap, predict
+from runner.figures import run_figures
 from runner import saved
 from runner.plan import Plan
 from runner.reference import References, cached_logits
@@ -144,13 +145,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                 oracle=oracle, population_x=ds.population[0],
                 model_keys={original: state.cache_keys["original"],
                             oracle: state.cache_keys["retrain"]},
-                run_dir=run_dir if k == len(chunks) else None,  # plots of the final models
-                samples=(Samples(sub, ds.train_y, ds.test_y)
-                         if cfg.save_samples and k == len(chunks) else None))
+                samples=(Samples(sub, ds.train_y, ds.test_y)  # of the final models
+                         if (cfg.save_samples or cfg.figures) and k == len(chunks) else None))
             metrics = _evaluate(ctx, list(evaluators.values()),
                                 {"unlearned": model, "retrain": oracle, "original": original})
-            if ctx.samples is not None:
-                samples_file = ctx.samples.save(run_dir)
+        if cfg.save_samples and k == len(chunks):
+            samples_file = ctx.samples.save(run_dir)
+        if cfg.figures and k == len(chunks):
+            run_figures(ctx.samples.columns, run_dir)
         reports.append({"request": k, "n_request": int(len(chunk)), "n_forget": int(len(forgotten)),
                         "n_retain": int(len(sub.retain_idx)), "forget_idx_sha256": sub.digest("forget"),
                         "retrain_key": state.cache_keys["retrain"], "metrics": metrics,

@@ -12,8 +12,8 @@ without a word, or still running); a cell with no finished run says which; a run
 another's config and seeds is flagged `dup`. Below the table, each such run is listed with its
 error, and so is every job of a Hydra sweep under DIR (its multirun.yaml) that never started.
 Writes DIR/table.md (the markdown table, cells "mean ± std") and DIR/table.csv (the same numbers
-tidy, for pandas: one line per row and metric with mean, std, n and runs; see `tidy`) and prints
-the markdown.
+tidy, for pandas: one line per row and metric with mean, std, n and runs; see `tidy`), the
+pictures `sweep_figures` draws (avg_gap.png; requests.png), and prints the markdown.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from runner import figures
 from runner.results import METRICS_FILE
 from runner.table import COLUMNS, UNLEARN_TABLE, Table
 
@@ -258,6 +259,36 @@ def regime(results: list[dict]) -> list[str]:
     return lines
 
 
+def sweep_figures(results: list[dict], out: Path) -> list[Path]:
+    """avg_gap.png (per row: mean Avg. Gap, sample-std error bars) and, when the runs made
+    sequential requests, requests.png (each gap metric and the Avg. Gap after each request,
+    mean over a row's runs); see runner.figures."""
+    rows = [(label, _values(runs, "avg_gap")) for label, runs in cells(results)]
+    rows = [(label, v) for label, v in rows if v]
+    if not rows:
+        return []
+    several = len({label[:2] for label, _ in rows}) > 1
+    bars = [(f"{m} ({d}, {f})" if several else m, v) for (d, f, m), v in rows]
+    title = "" if several else f"{rows[0][0][0]}, forget {rows[0][0][1]}"
+    made = [figures.avg_gap_figure(bars, out / "avg_gap.png", title)]
+    series: dict[str, dict[str, list]] = defaultdict(dict)
+    for (d, f, m), runs in cells(results):
+        ok = [r for r in runs if r.get("status") == "ok" and "requests" in r]
+        if not ok:
+            continue
+        label = f"{m} ({d}, {f})" if several else m
+        for name in [*ok[0]["gap_metrics"], "avg_gap"]:
+            points = defaultdict(list)
+            for r in ok:
+                for e in r["requests"]:
+                    points[e["request"]].append(e["avg_gap"] if name == "avg_gap" else
+                                                e["metrics"]["unlearned"][name])
+            series[name][label] = [(k, float(np.mean(v))) for k, v in points.items()]
+    if series:
+        made.append(figures.requests_figure(dict(series), out / "requests.png"))
+    return made
+
+
 def to_markdown(rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
@@ -294,8 +325,10 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(markdown)
     tidy(results, columns, table.headers).to_csv(out / "table.csv", index=False)
+    pictures = sweep_figures(results, out) if "avg_gap" in table.columns else []
     print(markdown, end="")
-    print(f"\n({len(results)} runs; written to {out / 'table.md'} and {out / 'table.csv'})")
+    written = ", ".join(str(p) for p in [out / "table.md", out / "table.csv", *pictures])
+    print(f"\n({len(results)} runs; written: {written})")
     return 0
 
 

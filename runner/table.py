@@ -73,7 +73,8 @@ def original_views(results: list[dict]) -> list[dict]:
         gap = float(np.mean([abs(metrics["original"][n] - metrics["retrain"][n])
                              for n in r["gap_metrics"]]))
         config = {**r["config"], "method": {"name": "original"}, "unlearned": {"checkpoint": None}}
-        views.append({**r, "config": config, "avg_gap": gap,
+        views.append({**{k: v for k, v in r.items() if k != "requests"},  # the run's, not its
+                      "config": config, "avg_gap": gap,
                       "metrics": {"unlearned": metrics["original"]}})
     return views
 

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 # Small enough for a 2-core CPU, large enough to learn digits (about 95% test accuracy).
-FAST = ["logger=none", "train.epochs=8", "device=cpu"]
+FAST = ["logger=none", "train.epochs=8", "device=cpu", "figures=false"]  # figures: test_figures
 
 
 @pytest.fixture

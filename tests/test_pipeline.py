@@ -231,6 +231,18 @@ def test_report_marks_failed_runs_and_averages_seeds():
     assert rows[1][3:] == ["failed/unfinished"] * 5 + ["0/2 (1 failed, 1 unfinished)"]
 
 
+def test_report_draws_the_avg_gap_of_each_row(tmp_path):
+    from runner.report import main as report
+
+    for n, (seed, lr, gap) in enumerate([(1, 0.1, 2.0), (2, 0.1, 4.0), (1, 0.5, 1.0)]):
+        (tmp_path / str(n)).mkdir()
+        (tmp_path / str(n) / "metrics.json").write_text(json.dumps(
+            {**_result(seed, 10.0, lr=lr), "avg_gap": gap, "run_dir": str(tmp_path / str(n))}))
+    assert report([str(tmp_path)]) == 0
+    assert (tmp_path / "avg_gap.png").stat().st_size > 10_000
+    assert not (tmp_path / "requests.png").exists()  # one request per run
+
+
 def test_report_keeps_hyper_parameters_apart_and_flags_duplicates():
     rows = make_table([_result(1, 10.0, lr=0.1), _result(2, 20.0, lr=0.1),
                        _result(1, 90.0, lr=0.001), _result(1, 92.0, lr=0.001)])

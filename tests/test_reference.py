@@ -33,7 +33,6 @@ def test_reference_jobs_fill_the_cache_the_run_then_uses(make_cfg, tmp_path):
     assert logits_after_first == 4
     for role in ("unlearned", "retrain", "original"):
         assert 0 <= first["metrics"][role]["rmia_ft_auc"] <= 100
-        assert (tmp_path / "a" / f"rmia_roc_{role}.png").stat().st_size > 1000
     assert first["gap_metrics"][-1] == "rmia_ft_auc"
 
     # Another method's run: no model trained, no population output collected again.

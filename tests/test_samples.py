@@ -20,7 +20,9 @@ RMIA = ("+eval.evaluators.rmia={_target_: attacks.rmia.rmia, _partial_: true, ga
 
 def test_the_per_sample_file_gives_back_the_runs_metrics(make_cfg, tmp_path):
     result = execute(make_cfg(*FAST, "train.epochs=2", "reference.num_models=2", "method=ft",
-                              "eval=ulira", RMIA), tmp_path / "a")
+                              "eval=ulira", RMIA, "figures=true"), tmp_path / "a")
+    for png in ("roc.png", "confidence.png"):  # runner/figures.py, from the same columns
+        assert (tmp_path / "a" / png).stat().st_size > 20_000, png
     assert result["samples"] == str(tmp_path / "a" / "samples.npz")
     frame = load(tmp_path / "a")
     assert len(frame) == 1437 + 360  # digits: every training sample, then every test sample
@@ -51,6 +53,11 @@ def test_the_per_sample_file_gives_back_the_runs_metrics(make_cfg, tmp_path):
 
 
 def test_the_mia_nn_features_are_kept(make_cfg, tmp_path):
+    result = execute(make_cfg(*FAST, "eval=class_unlearning", "forget=class", "forget.class_id=1",
+                              "method=rl", "method.epochs=1", "figures=true", "save_samples=false"),
+                     tmp_path / "b")
+    assert "samples" not in result and not (tmp_path / "b" / "samples.npz").exists()
+    assert (tmp_path / "b" / "roc.png").exists()  # figures without the file
     result = execute(make_cfg(*FAST, "eval=class_unlearning", "forget=class", "forget.class_id=1",
                               "method=rl", "method.epochs=1"), tmp_path / "a")
     frame = load(tmp_path / "a" / "samples.npz")

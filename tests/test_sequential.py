@@ -80,6 +80,10 @@ def test_every_sample_is_forgotten_once_against_a_shrinking_retain_set(make_cfg,
         assert {"forget_acc", "retain_acc", "test_acc", "mia_efficacy"} <= set(r["metrics"]["unlearned"])
     assert result["metrics"] == reports[-1]["metrics"] and result["avg_gap"] == reports[-1]["avg_gap"]
     assert set(result["stage_seconds"]) >= {"unlearn/1", "unlearn/2", "unlearn/3", "evaluate/3"}
+    # The report draws the metrics over the requests (runner.figures.requests_figure).
+    from runner.report import main as report
+    assert report([str(tmp_path / "seq")]) == 0
+    assert (tmp_path / "seq" / "requests.png").stat().st_size > 10_000
 
     # The last request's oracle is the one-shot run's: trained on the same retain set.
     one_shot = execute(make_cfg(*QUICK, "method=rl", cache_dir=cache),
