@@ -12,9 +12,19 @@ help:  ## list the targets
 
 setup: $(STAMP)  ## create .venv with an editable install (idempotent)
 
+# CPU=1: torch and torchvision from PyTorch's CPU-only wheel index (about 1 GB less torch and no
+# 3.2 GB of CUDA libraries; for a machine without an NVIDIA GPU). Not tried on our CI machine, which
+# reaches no index but PyPI's.
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
+	@echo "setup: installing torch, torchvision, hydra-core, wandb, scikit-learn, pandas, matplotlib,"
+	@echo "  pytest and this package (editable) into .venv. With PyPI's torch that is about 6.3 GB,"
+	@echo "  3.2 GB of it CUDA libraries; make setup CPU=1 takes a CPU-only torch instead."
+	$(if $(CPU),$(PY) -m pip install --quiet --disable-pip-version-check --index-url $(TORCH_CPU_INDEX) torch torchvision)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@du -sh .venv | sed 's/^/setup: .venv is /'
 	touch $(STAMP)
 
 demo: setup  ## original + retrain oracle + ft, rl, ga on the bundled digits, then the table

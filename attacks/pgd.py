@@ -32,12 +32,14 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Iterator
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +148,9 @@ def _attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: s
     success = torch.zeros(n, dtype=torch.bool, device=x.device)
     calls, taken = 0, min(batch_size, n)
     pool = _new_pool(x, y, 0, taken, eps_init)
+    # Samples done, where someone watches a terminal (AMUN's D_A of 5,000 samples takes minutes).
+    bar = tqdm(total=n, desc="adversarial examples", leave=False, unit="sample",
+               disable=not sys.stderr.isatty() or n < 256)
     while len(pool.idx):
         x_in = pool.x_t.requires_grad_(True)
         logits = model(x_in).float()
@@ -168,6 +173,7 @@ def _attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: s
             y_adv[pool.idx] = torch.where(leave, pred, y_adv[pool.idx])
             eps_out[pool.idx] = torch.where(leave, pool.iter_eps, eps_out[pool.idx])
             success[pool.idx] = torch.where(leave, wrong, success[pool.idx])
+            bar.update(len(pool.idx) - len(stay))
             pool = pool.select(stay)
             if len(stay):
                 grad = grad[stay]
@@ -178,6 +184,7 @@ def _attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: s
             stop = min(n, taken + batch_size - len(pool.idx))
             pool = pool.extend(_new_pool(x, y, taken, stop, eps_init))
             taken = stop
+    bar.close()
     failed = int((~success).sum())
     if failed:
         log.warning("%d of %d samples still correctly classified after %d doublings "

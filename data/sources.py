@@ -124,6 +124,13 @@ def _cifar_imagefolder(req: Request) -> Plan:
         listing = images.list_image_splits(images.find_split_root(root), classes)
         files = tuple(p for paths, _ in listing.values() for p in paths)
         return Plan(files, lambda: images.decode_splits(listing, classes, "RGB", (32, 32)))
+    if not root.exists():
+        raise DatasetError(
+            f"{root} not found: source=imagefolder reads a folder with train/<class>/*.jpg and "
+            f"test/<class>/*.jpg or a {'/'.join(images.ARCHIVE_SUFFIXES)} archive of one (the "
+            "offline CIFAR-10 copy is ../shared/data/cifar10-jpeg.tar.gz beside the repository; "
+            "dataset.root=PATH or CIFAR10_JPEG=PATH points elsewhere), and has no download; for "
+            "the official data set dataset.source=pickle dataset.download=true.")
     raise DatasetError(
         f"{root} is neither a folder with train/<class>/*.jpg and test/<class>/*.jpg nor a "
         f"{'/'.join(images.ARCHIVE_SUFFIXES)} archive of one. source=imagefolder has no "

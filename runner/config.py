@@ -122,7 +122,7 @@ def validate(cfg: DictConfig) -> None:
     reference.check(cfg.reference)
     check_method(cfg)
     check_evaluators(cfg)
-    check_target(cfg.logger, "logger", 4)
+    check_target(cfg.logger, "logger", 5)
     try:
         check_model(cfg.model, cfg.dataset)
     except ValueError as err:

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from data.loader import Batches, to_float
 from runner.checkpoint import TrainCheckpoint
+from runner.curves import current
 from runner.hooks import Clip, FreezeAfter, GradHook, Hook, Lookahead, Schedule
 from runner.optim import sgd
 from runner.recipe import make_scheduler
@@ -81,10 +82,17 @@ def fit(model: torch.nn.Module, batches: Iterable, *, epochs: int,
     # A bar only where someone watches a terminal and the loop is long enough to wait on.
     bar = tqdm(total=epochs * len(batches), initial=steps, desc=desc, leave=False,
                disable=not sys.stderr.isatty() or epochs * len(batches) < 200)
+    curves = current()
+    curve = curves.start(desc) if curves is not None else None
+    # The accuracy of a curve: the model's last output on each batch (the loss's forward pass).
+    last: list = [None]
+    watch = (model.register_forward_hook(lambda m, i, out: last.__setitem__(0, out))
+             if curve is not None else None)
     with checkpoint.catching_signals() if checkpoint is not None else nullcontext():
         for epoch in range(start_epoch, epochs):
             model.train()
             total = torch.zeros((), device=device)
+            correct, seen = torch.zeros((), device=device), 0
             if checkpoint is not None:
                 checkpoint.epoch_start(batches)
             for step, (x, y, sign) in enumerate(batches, 1):
@@ -105,6 +113,10 @@ def fit(model: torch.nn.Module, batches: Iterable, *, epochs: int,
                 for hook in hooks:
                     hook.after_step(model, steps)
                 total += value.detach().float()
+                out, last[0] = last[0], None
+                if torch.is_tensor(out) and out.dim() == 2 and len(out) == len(y):
+                    correct += (out.detach().argmax(1) == y).sum()
+                    seen += len(y)
                 bar.update()
                 if checkpoint is not None:
                     checkpoint.after_step(epoch, step, model, optimizer, hooks, total)
@@ -116,11 +128,16 @@ def fit(model: torch.nn.Module, batches: Iterable, *, epochs: int,
                 raise Diverged(f"{desc}: the loss became {mean_loss} in epoch {epoch + 1} of "
                                f"{epochs}; a lower learning rate may train")
             log.debug("%s epoch %d/%d loss %.4f", desc, epoch + 1, epochs, mean_loss)
+            if curve is not None:
+                curves.add(curve, epoch + 1, mean_loss,
+                           correct.item() * 100.0 / seen if seen else math.nan)
         for hook in hooks:
             hook.finish(model, batches)
         if checkpoint is not None:
             checkpoint.finish(epochs, model, optimizer, hooks)
     bar.close()
+    if watch is not None:
+        watch.remove()
     return model.eval()
 
 

@@ -139,7 +139,7 @@ def test_a_missing_dataset_is_one_line_before_any_training(tmp_path, capsys):
     code, err, run_dir = _cli(tmp_path, capsys, "dataset=cifar10_jpeg",
                               f"dataset.root={tmp_path}/no-such.tar.gz")
     lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and "no-such.tar.gz" in lines[0], err
+    assert code == 2 and len(lines) == 1 and "no-such.tar.gz not found" in lines[0], err
     assert _stages(run_dir) == ["data"]  # failed while loading: no model was trained
 
 

@@ -130,14 +130,60 @@ def test_ga_without_retain_destroys_test_accuracy(make_cfg, tmp_path, shared_cac
     assert unlearned["test_acc"] < 40.0 and unlearned["forget_acc"] < 40.0
 
 
-def test_wandb_offline_run_is_written_and_finished(make_cfg, tmp_path, shared_cache):
+def test_wandb_offline_run_is_written_and_finished(make_cfg, tmp_path, shared_cache, monkeypatch):
+    """A real offline W&B run: named by the job's overrides, in the sweep's group, of the method's
+    job type; the per-epoch curves of every model trained in the run and the figures are charted;
+    the models are artifacts with log_models; the status (and a failed run's error) is in the
+    summary."""
     import wandb
-    cfg = make_cfg("logger=wandb", "train.epochs=8", "device=cpu", "method=ft",
-                   cache_dir=shared_cache)
-    execute(cfg, tmp_path / "run")
+    from wandb.sdk.wandb_run import Run
+
+    seen = {"logged": set(), "artifacts": {}}
+    log, log_artifact, finish = Run.log, Run.log_artifact, Run.finish
+
+    def spy_log(run, data, *args, **kwargs):
+        seen["logged"] |= set(data)
+        return log(run, data, *args, **kwargs)
+
+    def spy_artifact(run, artifact, *args, **kwargs):
+        if artifact.type == "model":  # W&B stores logged tables as artifacts too
+            seen["artifacts"][artifact.name] = sorted(artifact.manifest.entries)
+        return log_artifact(run, artifact, *args, **kwargs)
+
+    def spy_finish(run, *args, **kwargs):
+        seen.update(name=run.name, group=run.group, job_type=run.job_type)
+        summary = run.summary._as_dict()
+        seen["summary"] = {k: summary[k] for k in ("status", "error") if k in summary}
+        return finish(run, *args, **kwargs)
+
+    monkeypatch.setattr(Run, "log", spy_log)
+    monkeypatch.setattr(Run, "log_artifact", spy_artifact)
+    monkeypatch.setattr(Run, "finish", spy_finish)
+    cfg = make_cfg("logger=wandb", "logger.log_models=true", "train.epochs=8", "device=cpu",
+                   "method=ft", cache_dir=tmp_path / "own-cache")  # trains both models here
+    result = execute(cfg, tmp_path / "run", group="compare_2026-12-02_10-00-00", label="method=ft")
     assert wandb.run is None  # finished: the next job of a sweep starts a fresh run
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    assert (seen["name"], seen["group"], seen["job_type"]) == (
+        "method=ft", "compare_2026-12-02_10-00-00", "ft")
+    assert seen["summary"] == {"status": "ok"}
+    for model in ("original", "retrain", "ft"):
+        assert {f"curves/{model}/loss", f"curves/{model}/accuracy"} <= seen["logged"], model
+    assert {"plots/roc", "plots/confidence", "unlearned/forget_acc"} <= seen["logged"]
+    keys = result["cache_keys"]
+    assert seen["artifacts"] == {
+        f"unlearned-{runs[0].name.split('-')[-1]}": ["unlearned.pt", "unlearned.yaml"],
+        f"original-{keys['original'][:24]}": ["model.pt"],
+        f"retrain-{keys['retrain'][:24]}": ["model.pt"]}
+    curves = (tmp_path / "run" / "curves.csv").read_text().splitlines()
+    assert curves[0] == "model,epoch,loss,accuracy" and len(curves) == 1 + 8 + 8 + 10  # ft: 10
+
+    monkeypatch.setattr("runner.pipeline.avg_gap", lambda *a: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        execute(make_cfg("logger=wandb", *FAST[1:], "method=ft", cache_dir=shared_cache),
+                tmp_path / "failed")
+    assert seen["summary"] == {"status": "failed", "error": "ZeroDivisionError: division by zero"}
 
 
 def test_a_rerun_into_the_same_dir_never_leaves_the_old_result(make_cfg, tmp_path, shared_cache,
@@ -376,3 +422,17 @@ def test_a_given_unlearned_model_is_evaluated_as_the_runs(make_cfg, tmp_path, sh
     assert second["cache_keys"]["unlearned"] == f"given-{digest}"
     rows = make_table([json.loads((tmp_path / "b" / "metrics.json").read_text())])
     assert [r[2] for r in rows[1:]] == ["original", "given unlearned.pt"]
+
+
+def test_each_sweep_has_its_own_wandb_group():
+    from omegaconf import OmegaConf
+
+    from runner.__main__ import sweep_group
+
+    def hc(where, experiment):
+        return OmegaConf.create({"sweep": {"dir": where},
+                                 "runtime": {"choices": {"experiment": experiment}}})
+
+    assert sweep_group(hc("outputs/multirun/2026-12-02/10-00-00", "compare")) == (
+        "compare_2026-12-02_10-00-00")
+    assert sweep_group(hc("outputs/multirun/2026-12-03/10-00-00", None)) == "2026-12-03_10-00-00"
