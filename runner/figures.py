@@ -102,10 +102,10 @@ def avg_gap_figure(rows: list[tuple[str, list[float]]], path: Path, title: str) 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(4.0, 0.7 * len(rows) + 2), 3.6))
     means = [np.mean(v) if v else np.nan for _, v in rows]
-    stds = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for _, v in rows]
+    stds = [np.std(v, ddof=1) if len(v) > 1 else np.nan for _, v in rows]  # none for one run
     ax.bar(range(len(rows)), means, yerr=stds, capsize=3, color="tab:blue")
-    ax.set_xticks(range(len(rows)), [label for label, _ in rows], rotation=35, ha="right",
-                  fontsize=8)
+    ax.set_xticks(range(len(rows)), [f"{label} (n={len(v)})" for label, v in rows],
+                  rotation=35, ha="right", fontsize=8)
     ax.set(ylabel="Avg. Gap to the oracle (lower is better)", title=title)
     return _save(fig, path)
 

@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     table = tables.pop() if len(tables) == 1 else UNLEARN_TABLE
     columns = table.columns if args.columns is None else tuple(args.columns.split(","))
     rows = make_table(results, columns=columns)
-    rows[0][1:3] = table.headers
+    rows[0][:2] = table.headers
     problems = [f"- {line}" for line in not_finished(results)]
     problems += [f"- never started: {job}" for job in never_started(args.sweep_dir)]
     markdown = to_markdown(rows)

@@ -285,6 +285,7 @@ def test_report_draws_the_avg_gap_of_each_row(tmp_path):
         (tmp_path / str(n) / "metrics.json").write_text(json.dumps(
             {**_result(seed, 10.0, lr=lr), "avg_gap": gap, "run_dir": str(tmp_path / str(n))}))
     assert report([str(tmp_path)]) == 0
+    assert (tmp_path / "table.md").read_text().startswith("| dataset | forget | method | forget_acc")
     assert (tmp_path / "avg_gap.png").stat().st_size > 10_000
     assert not (tmp_path / "requests.png").exists()  # one request per run
 
