@@ -114,8 +114,11 @@ def fit(model: torch.nn.Module, batches: Iterable, *, epochs: int,
                     hook.after_step(model, steps)
                 total += value.detach().float()
                 out, last[0] = last[0], None
-                if torch.is_tensor(out) and out.dim() == 2 and len(out) == len(y):
-                    correct += (out.detach().argmax(1) == y).sum()
+                if (torch.is_tensor(out) and torch.is_tensor(y) and out.dim() == 2
+                        and len(out) == len(y) and y.dim() in (1, 2)):
+                    # soft labels (TRW's targets, (n, C)): accuracy against their argmax
+                    labels = y if y.dim() == 1 else y.argmax(1)
+                    correct += (out.detach().argmax(1) == labels).sum()
                     seen += len(y)
                 bar.update()
                 if checkpoint is not None:

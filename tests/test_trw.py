@@ -90,3 +90,20 @@ def test_trw_needs_a_class_forget_set(make_cfg, tmp_path):
         trw.unlearn(FC(), tiny_data(True), beta=1.0, pca_dim=None, temperature=0.1, epochs=1,
                     lr=0.1, momentum=0.9, weight_decay=0.0, batch_size=8, decay_every=1,
                     decay_gamma=0.1)
+
+
+def test_trw_curve_scores_soft_labels_by_their_argmax():
+    """A run's curves score TRW's soft targets (n, C) against their most likely class: the
+    accuracy is a percentage of the forget set, not a broadcast (n,) == (n, C) comparison."""
+    from runner.curves import recording
+
+    data = tiny_data(False)
+    keep = data.forget_y == data.forget_y[0]
+    data.forget_x, data.forget_y = data.forget_x[keep], data.forget_y[keep]
+    with recording() as curves:
+        trw.unlearn(FC(), data, beta=10.0, pca_dim=None, temperature=0.1, epochs=3, lr=0.5,
+                    momentum=0.9, weight_decay=0.0, batch_size=len(data.forget_x),
+                    decay_every=20, decay_gamma=0.1)
+    (points,) = curves.points.values()
+    assert [e for e, _, _ in points] == [1, 2, 3]
+    assert all(0.0 <= acc <= 100.0 for _, _, acc in points)
