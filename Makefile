@@ -55,8 +55,10 @@ table-lotos-offline: setup  ## the same at width 16 on the CIFAR-10 JPEG subset 
 	$(PY) -m runner.report outputs/lotos/cifar10_jpeg
 
 # The AMUN comparison on the offline data (digits, the CIFAR-10 JPEG subset), 3 seeds, with and
-# without D_R: docs/results/. About an hour on a 2-core CPU, mostly the CIFAR subset.
-WITH_DR    := retrain,ft,rl,ga,bs,l1_sparse,salun,amun,amun_salun
+# without D_R: docs/results/. About an hour on a 2-core CPU, mostly the CIFAR subset. The
+# baselines every benchmark has (NegGrad+, SSD, Bad Teacher, CF-k, EU-k) need D_R.
+BENCHMARK_BASELINES := neggrad_plus,ssd,bad_teacher,cf_k,eu_k
+WITH_DR    := retrain,ft,rl,ga,bs,l1_sparse,salun,amun,amun_salun,$(BENCHMARK_BASELINES)
 WITHOUT_DR := rl,ga,bs,salun,amun,amun_salun
 table-offline: setup  ## AMUN comparison on digits + CIFAR-10 JPEG subset, 3 seeds (CPU, ~1 h)
 	for ds in digits cifar10_jpeg; do \
@@ -101,7 +103,7 @@ table-regimes-class: setup  ## class unlearning (TRW, MIA-NN, U-LiRA) in the pap
 REGIME_COLUMNS := forget_acc,retain_acc,test_acc,mia_efficacy,rmia_ft_auc,avg_gap
 
 # Class unlearning (TRW paper's comparison), forget class 1, 3 seeds, on the offline data.
-CLASS_METHODS := retrain,ft,rl,ga,bs,be,l1_sparse,salun,scrub,trw
+CLASS_METHODS := retrain,ft,rl,ga,bs,be,l1_sparse,salun,scrub,trw,unsir,$(BENCHMARK_BASELINES)
 CLASS_COLUMNS := forget_acc,retain_acc,test_forget_acc,test_retain_acc,mia_efficacy,mia_nn,ulira_acc,avg_gap
 table-trw: setup  ## class-unlearning table (TRW, MIA-NN) on digits + CIFAR-10 JPEG subset, 3 seeds
 	for ds in digits cifar10_jpeg; do \

@@ -132,3 +132,25 @@ class Concat:
 
     def __iter__(self):
         return itertools.chain.from_iterable(self.streams)
+
+
+class Zip:
+    """Two streams step by step, as one batch each step (NegGrad+'s joint retain and forget
+    batches): yields `(x_a, x_b), (y_a, y_b), sign` of `a`. An epoch is `len(a)` steps; `b`
+    restarts (its next epoch: a fresh shuffle) whenever it runs out."""
+
+    def __init__(self, a: Iterable, b: Iterable):
+        self.a, self.b = a, b
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def __iter__(self):
+        b = iter(self.b)
+        for xa, ya, sign in self.a:
+            try:
+                xb, yb, _ = next(b)
+            except StopIteration:
+                b = iter(self.b)
+                xb, yb, _ = next(b)
+            yield (xa, xb), (ya, yb), sign

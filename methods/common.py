@@ -101,7 +101,7 @@ def method_keys(fn) -> frozenset[str]:
 
 def check_method(cfg: DictConfig) -> None:
     """The run's method: its node against its function, and what the function declares it needs
-    (`needs_retain`, `needs_class_forget`, `prepares`)."""
+    (`needs_retain`, `needs_class_forget`, `prepares`) or checks itself (`check(cfg)`)."""
     path = cfg.method.get("_target_")
     method = check_target(cfg.method, "method", 2,
                           method_keys(import_target(path, "method") if path else None))
@@ -115,3 +115,17 @@ def check_method(cfg: DictConfig) -> None:
     if getattr(method, "needs_class_forget", False) and not forgets_class(cfg.forget):
         raise ConfigError(f"method {cfg.method.name} forgets a whole class: use forget=class "
                           "forget.class_id=K")
+    if callable(getattr(method, "check", None)):  # a method's own check of the run's config
+        method.check(cfg)
+
+
+@torch.no_grad()
+def reinitialize(module: torch.nn.Module) -> torch.nn.Module:
+    """Every layer of `module` back to a fresh random initialization (PyTorch's default one:
+    each submodule's `reset_parameters`, which also zeroes batch-norm statistics), in place,
+    from the global torch generator (the runner seeds it before a method runs). A layer with an
+    initialization of its own (airbench's identity filters) gets the default one."""
+    for m in module.modules():
+        if callable(getattr(m, "reset_parameters", None)):
+            m.reset_parameters()
+    return module

@@ -92,7 +92,7 @@ def fit(model: torch.nn.Module, batches: Iterable, *, epochs: int,
         for epoch in range(start_epoch, epochs):
             model.train()
             total = torch.zeros((), device=device)
-            correct, seen = torch.zeros((), device=device), 0
+            correct, seen = torch.zeros((), device=device), torch.zeros((), device=device)
             if checkpoint is not None:
                 checkpoint.epoch_start(batches)
             for step, (x, y, sign) in enumerate(batches, 1):
@@ -116,10 +116,13 @@ def fit(model: torch.nn.Module, batches: Iterable, *, epochs: int,
                 out, last[0] = last[0], None
                 if (torch.is_tensor(out) and torch.is_tensor(y) and out.dim() == 2
                         and len(out) == len(y) and y.dim() in (1, 2)):
-                    # soft labels (TRW's targets, (n, C)): accuracy against their argmax
+                    # soft labels (TRW's targets, (n, C)): accuracy against their argmax; a
+                    # label outside the classes (a method's marker of a forget sample: SCRUB's
+                    # -1, Bad Teacher's y + C) is not counted
                     labels = y if y.dim() == 1 else y.argmax(1)
-                    correct += (out.detach().argmax(1) == labels).sum()
-                    seen += len(y)
+                    valid = (labels >= 0) & (labels < out.shape[1])
+                    correct += ((out.detach().argmax(1) == labels) & valid).sum()
+                    seen += valid.sum()
                 bar.update()
                 if checkpoint is not None:
                     checkpoint.after_step(epoch, step, model, optimizer, hooks, total)
@@ -133,7 +136,7 @@ def fit(model: torch.nn.Module, batches: Iterable, *, epochs: int,
             log.debug("%s epoch %d/%d loss %.4f", desc, epoch + 1, epochs, mean_loss)
             if curve is not None:
                 curves.add(curve, epoch + 1, mean_loss,
-                           correct.item() * 100.0 / seen if seen else math.nan)
+                           correct.item() * 100.0 / seen.item() if seen.item() else math.nan)
         for hook in hooks:
             hook.finish(model, batches)
         if checkpoint is not None:

@@ -26,7 +26,8 @@ def test_every_option_composes_and_validates(make_cfg, group, tmp_path):
     indices.write_text("0\n5\n9\n")
     for option in _options(group):
         class_forget = (group, option) in {("forget", "class"), ("method", "trw"),
-                                           ("eval", "class_unlearning"), ("eval", "class_ulira")}
+                                           ("method", "unsir"), ("eval", "class_unlearning"),
+                                           ("eval", "class_ulira")}
         extra = ["forget=class", "forget.class_id=1"] if class_forget else []
         if (group, option) in {("model", "airbench"), ("train", "fast")}:
             extra = ["dataset=cifar10", "model=airbench"]  # airbench takes 16x16 and up
