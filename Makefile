@@ -55,8 +55,9 @@ table-lotos-offline: setup  ## the same at width 16 on the CIFAR-10 JPEG subset 
 	$(PY) -m runner.report outputs/lotos/cifar10_jpeg
 
 # The AMUN comparison on the offline data (digits, the CIFAR-10 JPEG subset), 3 seeds, with and
-# without D_R: docs/results/. About an hour on a 2-core CPU, mostly the CIFAR subset. The
-# baselines every benchmark has (NegGrad+, SSD, Bad Teacher, CF-k, EU-k) need D_R.
+# without D_R: docs/results/. Over an hour on a 2-core CPU, mostly the CIFAR subset (the digits
+# sweeps alone: 350 s). The baselines every benchmark has (NegGrad+, SSD, Bad Teacher, CF-k, EU-k)
+# need D_R; EU-k trains for the original's epochs.
 BENCHMARK_BASELINES := neggrad_plus,ssd,bad_teacher,cf_k,eu_k
 WITH_DR    := retrain,ft,rl,ga,bs,l1_sparse,salun,amun,amun_salun,$(BENCHMARK_BASELINES)
 WITHOUT_DR := rl,ga,bs,salun,amun,amun_salun

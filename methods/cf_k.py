@@ -19,8 +19,6 @@ in its last k layers only.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from omegaconf import DictConfig
 from torch import nn
@@ -54,53 +52,75 @@ def last_layers(model: nn.Module, k: int) -> tuple[list[str], list[str]]:
 
 
 class LastK(nn.Module):
-    """The model with all but `trained` frozen: no gradients, and eval mode whatever `train()`
-    asks (their batch-norm statistics are kept)."""
+    """The model with all but the modules `trained` frozen: their parameters get no gradient and
+    they run in eval mode whatever `train()` asks (their batch-norm statistics are kept). A module
+    that holds a trained one (the model itself, a stage) keeps the mode asked for, so a model
+    whose forward reads `self.training` (airbench's test-time augmentation) trains as it would.
+    A parameter the model keeps fixed (airbench's batch-norm scales) stays fixed; `restore()`
+    gives back every parameter's own `requires_grad`."""
 
     def __init__(self, model: nn.Module, trained: list[str]):
         super().__init__()
         self.model = model
+        self.flags = [(p, p.requires_grad) for p in model.parameters()]
         modules = dict(model.named_modules())
-        model.requires_grad_(False)
-        for name in trained:
-            modules[name].requires_grad_(True)
-        self.frozen = [m for n, m in modules.items() if n not in set(trained)]
+        keep = set(trained)
+        trainable = {id(p) for name in trained for p in modules[name].parameters()}
+        for p, flag in self.flags:
+            p.requires_grad_(flag and id(p) in trainable)
+        self.frozen = [m for n, m in modules.items()
+                       if n not in keep and not any(t.startswith(n + ".") for t in keep)
+                       and n != ""]
 
     def train(self, mode: bool = True) -> "LastK":
         self.model.train(mode)
         for m in self.frozen:
-            m.training = False  # this module only: a trained layer inside it keeps `mode`
+            m.training = False
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
+    def restore(self) -> nn.Module:
+        for p, flag in self.flags:
+            p.requires_grad_(flag)
+        return self.model
+
 
 def retrain_last(model: nn.Module, data: UnlearnData, trained: list[str], *, epochs: int,
                  lr: float, min_lr: float, momentum: float, weight_decay: float, batch_size: int,
-                 clip_norm: float, desc: str) -> nn.Module:
+                 clip_norm: float | None, desc: str) -> nn.Module:
     """Train the modules `trained` of `model` on D_R with the Goel code's recipe, the rest frozen;
-    returns the model in eval mode with every parameter trainable again."""
+    returns the model in eval mode with every parameter's `requires_grad` as it was."""
     x, y = data.retain(desc)
     wrapped = LastK(model, trained)
-    opt = sgd(wrapped, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=1, T_mult=2,
-                                                                 eta_min=min_lr)
-    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        opt = sgd(wrapped, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=1, T_mult=2,
+                                                                     eta_min=min_lr)
+        params = [p for p in model.parameters() if p.requires_grad]
 
-    def clip(_model: nn.Module) -> None:
-        torch.nn.utils.clip_grad_norm_(params, clip_norm)
+        def clip(_model: nn.Module) -> None:
+            torch.nn.utils.clip_grad_norm_(params, clip_norm)
 
-    fit(wrapped, data.stream(x, y, batch_size), epochs=epochs, optimizer=opt, scheduler=sched,
-        grad_hook=clip if math.isfinite(clip_norm) else None, precision=data.precision, desc=desc)
-    return model.requires_grad_(True).eval()
+        fit(wrapped, data.stream(x, y, batch_size), epochs=epochs, optimizer=opt,
+            scheduler=sched, grad_hook=clip if clip_norm is not None else None,
+            precision=data.precision, desc=desc)
+    finally:
+        wrapped.restore()
+    return model.eval()
 
 
 def check_k(cfg: DictConfig) -> None:
-    """Before any compute: the configured model has at least method.k Conv and Linear layers."""
+    """Before any compute: the configured model has at least method.k Conv and Linear layers,
+    and no FastClip (its clipping would rewrite the frozen layers too)."""
     from models.build import build_model
 
-    n = len(weighted_layers(build_model(cfg.model, cfg.dataset)))
+    if cfg.model.get("clip") is not None:
+        raise ConfigError(f"method {cfg.method.name} trains the last k layers only; model.clip "
+                          "would clip the frozen ones as well: set model.clip=null")
+    with torch.random.fork_rng(devices=[]):  # building it draws no number of the run's
+        n = len(weighted_layers(build_model(cfg.model, cfg.dataset)))
     if cfg.method.k > n:
         raise ConfigError(f"method.k = {cfg.method.k}, but the model ({cfg.model._target_}) has "
                           f"{n} Conv and Linear layers")
@@ -108,7 +128,7 @@ def check_k(cfg: DictConfig) -> None:
 
 def unlearn(model: nn.Module, data: UnlearnData, *, k: Count, epochs: Epochs, lr: LR,
             min_lr: NonNegative, momentum: Momentum, weight_decay: NonNegative,
-            batch_size: BatchSize, clip_norm: Positive) -> nn.Module:
+            batch_size: BatchSize, clip_norm: Positive | None) -> nn.Module:
     counted, norms = last_layers(model, k)
     return retrain_last(model, data, counted + norms, epochs=epochs, lr=lr, min_lr=min_lr,
                         momentum=momentum, weight_decay=weight_decay, batch_size=batch_size,

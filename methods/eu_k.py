@@ -20,7 +20,7 @@ from runner.typed import BatchSize, Count, Epochs, LR, Momentum, NonNegative, Po
 
 def unlearn(model: nn.Module, data: UnlearnData, *, k: Count, epochs: Epochs, lr: LR,
             min_lr: NonNegative, momentum: Momentum, weight_decay: NonNegative,
-            batch_size: BatchSize, clip_norm: Positive) -> nn.Module:
+            batch_size: BatchSize, clip_norm: Positive | None) -> nn.Module:
     counted, norms = last_layers(model, k)
     modules = dict(model.named_modules())
     for name in counted:

@@ -6,9 +6,11 @@ The two batches go through the model in two forward passes (batch norm sees each
 in the SCRUB code). At alpha = 1 the forget pass is skipped, so the method is FT on the same retain
 stream.
 
-An epoch is one pass over D_R; the forget stream restarts (reshuffled) whenever it runs out, as
-the SCRUB code's `zip(train_loader, cycle(delete_loader))` (`train_negrad`). Defaults
-(conf/method/neggrad_plus.yaml): the SCRUB code's large-scale CIFAR-10 notebook.
+An epoch is one pass over D_R, as in the SCRUB code's `zip(train_loader, cycle(delete_loader))`
+(`train_negrad`); the forget stream restarts whenever it runs out. There `itertools.cycle`
+replays the forget loader's first pass (same order, same augmentation) for the rest of the epoch;
+here each restart is a fresh shuffle and augmentation (chosen: the runner's streams all draw
+anew). Defaults (conf/method/neggrad_plus.yaml): the SCRUB code's large-scale CIFAR-10 notebook.
 """
 
 from __future__ import annotations

@@ -11,12 +11,21 @@ TNNLS 2023): class unlearning by error-maximizing noise, in three steps.
 3. Repair: `repair_epochs` of Adam at `repair_lr` on the same retain subset.
 
 Defaults (conf/method/unsir.yaml) come from the official notebook (Fast-Machine-Unlearning); see
-the YAML for each. Choices: the noise lives in the space the model normalizes its inputs into
-(N(0, 1) there, as in the official code, whose models take normalized images): a model with a
-`normalize` layer gets N * std + mean as its [0, 1]-scale input, any other model N itself. The
-noise and impair/repair batches are not augmented (the noise is not an image; the official
-retain samples carry no augmentation). Class forgetting only: `forget=random` is refused before
-any compute, and the method needs D_R.
+the YAML for each. Choices, where the notebook is silent or where we part from it:
+- the noise lives in the space the model normalizes its inputs into (N(0, 1) there, as in the
+  notebook, whose models take normalized images): a model with a `normalize` layer gets
+  N * std + mean as its [0, 1]-scale input, any other model N itself;
+- the noise is learnt with the model in eval mode (the notebook leaves its freshly loaded model in
+  train mode, so batch norm normalizes by the noise batch and its running statistics drift over
+  the 40 steps);
+- the impair set holds every one of the `noise_batch` noise images once, labelled with its class:
+  the paper's description. The notebook's loop (`for i in range(batch[0].size(0))`, the channel
+  count) keeps images 0-2 of each class's noise, 20 copies each, all labelled 0;
+- the retain subset is the first `retain_per_class` of a shuffle seeded by the run (the notebook:
+  the first per class in dataset order);
+- no augmentation in impair and repair (the notebook's retain samples carry none).
+Class forgetting only: `forget=random` is refused before any compute, as is `requests > 1` (a
+later request's class would sit in the retain subset of the earlier ones); the method needs D_R.
 """
 
 from __future__ import annotations
@@ -24,11 +33,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from data.loader import Batches
 from methods.common import UnlearnData
 from runner.train import fit
-from runner.typed import BatchSize, Count, Epochs, LR, NonNegative, Steps
-
-from data.loader import Batches
+from runner.typed import BatchSize, ConfigError, Count, Epochs, LR, NonNegative, Steps
 
 
 def to_input(model: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
@@ -101,5 +109,13 @@ def unlearn(model: torch.nn.Module, data: UnlearnData, *, noise_batch: BatchSize
     return model
 
 
+def check(cfg) -> None:
+    """One class unlearned at once (see the module docstring)."""
+    if cfg.requests != 1:
+        raise ConfigError(f"method unsir unlearns one request (requests={cfg.requests}): its "
+                          "retain subset would hold the classes of later requests")
+
+
 unlearn.needs_retain = True
 unlearn.needs_class_forget = True
+unlearn.check = check

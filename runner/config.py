@@ -120,13 +120,13 @@ def validate(cfg: DictConfig) -> None:
     stage_of(cfg.stage)
     ensemble.check(cfg)
     reference.check(cfg.reference)
-    check_method(cfg)
     check_evaluators(cfg)
     check_target(cfg.logger, "logger", 5)
     try:
         check_model(cfg.model, cfg.dataset)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    check_method(cfg)  # after the model: a method's own check may build it
     for where in ("original.checkpoint", "unlearned.checkpoint"):
         given = OmegaConf.select(cfg, where)
         if given is not None:  # before any data: the file against the configured architecture

@@ -168,8 +168,8 @@ def recompute_batch_norm(model: torch.nn.Module, batches: Iterable,
         size, n = batches.batch_size, len(batches.x)
         # a trailing batch of one cannot pass batch norm in train mode
         images = (batches.images(slice(i, i + size)) for i in range(0, n, size) if n - i > 1)
-    else:
-        images = (x for x, _, _ in batches)
+    else:  # a Zip's x is a tuple of batches (NegGrad+'s retain and forget): each passes
+        images = (part for x, _, _ in batches for part in (x if isinstance(x, tuple) else (x,)))
     for x in images:
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             model(x)

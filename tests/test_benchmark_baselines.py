@@ -73,6 +73,19 @@ def test_neggrad_plus_at_alpha_one_is_ft_on_the_same_stream(make):
         assert torch.equal(p, q), n
 
 
+def test_batch_norm_recomputed_on_a_zip_sees_both_streams():
+    from runner.train import recompute_batch_norm
+
+    model = _bn_mlp()
+    data = tiny_data(augment=PLAIN)
+    zipped = Zip(data.stream(data.retain_x, data.retain_y, 100),
+                 data.stream(data.forget_x, data.forget_y, 100, salt=1))
+    recompute_batch_norm(model, zipped)  # one step: a retain batch of 72 and a forget batch of 24
+    with torch.no_grad():
+        h = [model[1](x.float().flatten(1) / 255) for x in (data.retain_x, data.forget_x)]
+    torch.testing.assert_close(model[2].running_mean, (h[0].mean(0) + h[1].mean(0)) / 2)
+
+
 def test_neggrad_plus_below_alpha_one_raises_the_forget_loss():
     data = tiny_data(augment=PLAIN)
     x, y = data.forget_x.float() / 255, data.forget_y
@@ -185,6 +198,11 @@ def test_unsir_refuses_random_forgetting_before_any_compute(make_cfg):
     validate(make_cfg("method=unsir", "forget=class", "forget.class_id=1"))
 
 
+def test_unsir_refuses_sequential_requests(make_cfg):
+    with pytest.raises(ConfigError, match="requests=2"):
+        validate(make_cfg("method=unsir", "forget=class", "forget.class_id=1", "requests=2"))
+
+
 def test_error_maximizing_noise_raises_the_class_loss_and_leaves_the_model():
     model = _resnet().eval()
     before = copy.deepcopy(model.state_dict())
@@ -276,7 +294,38 @@ def test_cf_k_and_eu_k_change_only_the_last_k_layers(method):
     a, b = original.state_dict(), out.state_dict()
     assert all(torch.equal(a[n], b[n]) for n in frozen)  # weights and batch-norm statistics
     assert all(not torch.equal(a[n], b[n]) for n in trained if n.endswith("weight"))
-    assert not out.training and all(p.requires_grad for p in out.parameters())
+    assert not out.training and all(p.requires_grad for p in out.parameters())  # as they were
+
+
+def test_cf_k_trains_a_model_as_it_trains_and_keeps_its_fixed_parameters():
+    """airbench reads `self.training` at its root (test-time augmentation in eval mode) and keeps
+    its batch-norm scales fixed: CF-k trains the last layers on the plain batch, in train mode,
+    and neither unfreezes those scales nor leaves them trainable."""
+    from models.airbench import AirbenchNet
+
+    torch.manual_seed(0)
+    model = AirbenchNet(num_classes=3, in_channels=1, image_size=16, mean=[0.5], std=[0.25],
+                        widths=(4, 8, 8), tta=2)
+    flags = [p.requires_grad for p in model.parameters()]
+    assert not all(flags)
+    data = tiny_data()
+    data.forget_x = data.forget_x.repeat(1, 1, 3, 3)[:, :, :16, :16]
+    data.retain_x = data.retain_x.repeat(1, 1, 3, 3)[:, :, :16, :16]
+    rows = []
+    hook = model.fc.register_forward_hook(lambda m, i, out: rows.append(len(out)))
+    before = copy.deepcopy(model.state_dict())
+    out = cf_k.unlearn(model, data, k=3, epochs=1, **GOEL)
+    hook.remove()
+    assert rows and max(rows) <= GOEL["batch_size"]  # no test-time augmented copies
+    assert [p.requires_grad for p in out.parameters()] == flags
+    fixed = [n for n, p in out.named_parameters() if not p.requires_grad]
+    assert all(torch.equal(before[n], out.state_dict()[n]) for n in fixed)
+
+
+def test_cf_k_refuses_a_clipped_model(make_cfg):
+    with pytest.raises(ConfigError, match="model.clip"):
+        validate(make_cfg("method=cf_k", "model=resnet18", "model.width=4", "model.clip=1.0",
+                          "train.lookahead=null"))
 
 
 def test_eu_k_reinitializes_the_counted_layers_from_the_runs_seed(monkeypatch):
