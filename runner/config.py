@@ -93,6 +93,8 @@ def validate(cfg: DictConfig) -> None:
     check_value(cfg.seed, Seed, "seed")
     check_value(cfg.save_unlearned, bool, "save_unlearned")
     check_value(cfg.save_samples, bool, "save_samples")
+    check_value(cfg.cache.evaluations, bool, "cache.evaluations")
+    check_value(cfg.cache.unlearned, bool, "cache.unlearned")
     check_value(cfg.figures, bool, "figures")
     for key in ("cache_dir", "data_dir"):
         _check_writable_dir(cfg.paths.get(key), f"paths.{key}")

@@ -19,12 +19,13 @@ from data.loader import Augment, to_float
 from data.splits import Split, make_split
 from methods.common import UnlearnData, method_keys
 from models.spectral import spectral_norms
-from runner.cache import Cache, state_digest
+from runner.cache import Cache, key_of, state_digest
 from runner.evaluate import EvalContext, avg_gap, predict
 from runner.figures import run_figures
 from runner import saved
 from runner.plan import Plan
 from runner.reference import References, cached_logits
+from runner.reuse import evaluate_cached, evaluation_base, unlearn_cached, unlearned_spec
 from runner.samples import SPLITS, Samples
 from runner.shadows import Shadows
 from runner.train import check_finite
@@ -89,8 +90,17 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     shadows = Shadows(trainer, ds, refs, split.forget_idx, unlearn_shadow,
                       class_id=split.class_id, batch_size=batch_size)
     given = cfg.original.checkpoint  # a user's original instead of a trained one
+
+    def unlearned_key(start_key: str, chunk: np.ndarray, retain_idx: np.ndarray, k: int,
+                      prepared: dict) -> str:
+        """The cache key of request k's unlearned model (runner.reuse)."""
+        return key_of(unlearned_spec(cfg, start_key=start_key, chunk=chunk, device=device,
+                                     oracle_key=trainer.key(ds, retain_idx), prepared=prepared,
+                                     retain_idx=retain_idx, seed=cfg.seed + k - 1))
+
     plan = make_plan(trainer, ds, split, chunks, refs, shadows, preparations,
-                     list(evaluators.values()), given, given_unlearned)
+                     list(evaluators.values()), given, given_unlearned,
+                     unlearned_key if cfg.cache.unlearned else None)
     plan.log()
     with state.stage("original"):
         if given is None:
@@ -110,6 +120,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                                      ds.train_y[idx], split.forget_idx)
             built[p.field].append(whole[p.field])
     model, reports, start = original, [], 0
+    start_key = state.cache_keys["original"]  # the key of the model the next request starts from
     for k, chunk in enumerate(chunks, 1):
         tag = "" if len(chunks) == 1 else f"/{k}"
         forgotten = split.forget_idx[:start + len(chunk)]
@@ -129,9 +140,23 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                 setattr(data, p.field, built[p.field][-1].take())
         with state.stage("unlearn" + tag):
             if given_unlearned is None:
-                torch.manual_seed(cfg.seed + k - 1)
-                model = unlearn(copy.deepcopy(model), data).eval()
-                check_finite(model, f"method {cfg.method.name}")
+                def compute(start=model, data=data, seed=cfg.seed + k - 1) -> torch.nn.Module:
+                    torch.manual_seed(seed)
+                    out = unlearn(copy.deepcopy(start), data).eval()
+                    check_finite(out, f"method {cfg.method.name}")
+                    return out
+
+                if cfg.cache.unlearned:
+                    prepared = {p.field: (whole[p.field] if p.once else built[p.field][-1]).cache_key
+                                for p in preparations}
+                    spec = unlearned_spec(cfg, start_key=start_key, chunk=chunk, device=device,
+                                          oracle_key=state.cache_keys["retrain"], prepared=prepared,
+                                          retain_idx=sub.retain_idx, seed=cfg.seed + k - 1)
+                    model, start_key, hit = unlearn_cached(cache, spec, copy.deepcopy(model),
+                                                           compute)
+                    state.cache_keys["unlearned"], state.cache_hits["unlearned"] = start_key, hit
+                else:
+                    model = compute()
             else:
                 model = copy.deepcopy(original)
                 model.load_state_dict(saved.read_state(given_unlearned, model,
@@ -147,8 +172,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                             oracle: state.cache_keys["retrain"]},
                 samples=(Samples(sub, ds.train_y, ds.test_y)  # of the final models
                          if (cfg.save_samples or cfg.figures) and k == len(chunks) else None))
+            reuse = (evaluation_base(cfg, ds, sub, list(evaluators.values()), refs, device=device,
+                                     batch_size=batch_size, samples=ctx.samples is not None)
+                     if cfg.cache.evaluations else None)
             metrics = _evaluate(ctx, list(evaluators.values()),
-                                {"unlearned": model, "retrain": oracle, "original": original})
+                                {"unlearned": model, "retrain": oracle, "original": original},
+                                cache if reuse else None, reuse, state)
         if cfg.save_samples and k == len(chunks):
             samples_file = ctx.samples.save(run_dir)
         if cfg.figures and k == len(chunks):
@@ -171,9 +200,15 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         state.cache_hits[p.field] = all(s.hit for s in built[p.field])
     if len(chunks) > 1:
         extra["requests"] = reports
-    if refs.used:
+    # Reported when an evaluator uses them, even if every evaluation came from the cache.
+    uses = [(use, e) for e in evaluators.values() for use in getattr(e.func, "uses", ())]
+    for use, e in uses:
+        if use == "shadows":
+            shadows.stats["num_shadows"] = max(shadows.stats["num_shadows"],
+                                               e.keywords["num_shadows"])
+    if refs.used or uses:
         extra["reference"] = refs.stats
-    if shadows.used:
+    if shadows.used or any(use == "shadows" for use, _ in uses):
         extra["shadows"] = shadows.stats
     if cfg.model.get("clip") is not None:  # FastClip: that every model is at its target
         example = to_float(ds.test_x[:1])
@@ -211,10 +246,13 @@ def given_key(path: str) -> str:
 
 def make_plan(trainer: Trainer, ds, split: Split, chunks: list[np.ndarray], refs: References,
               shadows: Shadows, preparations: list, evaluators: list,
-              given: str | None = None, given_unlearned: str | None = None) -> Plan:
+              given: str | None = None, given_unlearned: str | None = None,
+              unlearned_key=None) -> Plan:
     """What `run` will train, build, load and run, in its order (runner.plan); `given`: the
     original's file, if the run is given one; `given_unlearned`: the file of the model it
-    evaluates instead of running the method."""
+    evaluates instead of running the method; `unlearned_key(start_key, chunk, retain_idx, k,
+    prepared keys)`: the unlearned model's cache key, when it is cached (known before the run
+    for the first request only: later ones start from the model the one before left)."""
     plan, cache = Plan(), trainer.cache
     plan.cached(f"dataset {ds.name}", "datasets", ds.fingerprint, True)
     if given is None:
@@ -233,10 +271,18 @@ def make_plan(trainer: Trainer, ds, split: Split, chunks: list[np.ndarray], refs
         retain = np.setdiff1d(np.arange(len(ds.train_y)), split.forget_idx[:start])
         oracle = trainer.key(ds, retain)
         plan.cached("retrain" + tag, "retrain", oracle, cache.has("retrain", oracle))
-        for p in (p for p in preparations if not p.once):
-            key = p.key(original, chunk) if k == 1 else None  # later: the model request k-1 left
-            plan.cached(p.field + tag, p.kind, key, key is not None and p.has(key), miss="build")
-        if given_unlearned is None:
+        prepared = {}
+        for p in preparations:
+            # later requests: the model request k-1 left
+            key = p.key(original, split.forget_idx if p.once else chunk) if k == 1 else None
+            prepared[p.field] = key
+            if not p.once:
+                plan.cached(p.field + tag, p.kind, key, key is not None and p.has(key),
+                            miss="build")
+        if given_unlearned is None and unlearned_key is not None and k == 1:
+            key = unlearned_key(original, chunk, retain, k, prepared)
+            plan.cached("unlearn", "unlearned", key, cache.has("unlearned", key), miss="run")
+        elif given_unlearned is None:
             plan.own("unlearn" + tag)
         else:
             plan.cached(f"unlearned ({given_unlearned})", "given", given_key(given_unlearned),
@@ -271,17 +317,29 @@ def _unlearn_data(cfg: DictConfig, num_classes: int, x: torch.Tensor, y: torch.T
         forget_idx=np.asarray(forget_idx), retain_idx=np.asarray(retain_idx) if use_retain else None)
 
 
-def _evaluate(ctx: EvalContext, evaluators: list, models: dict) -> dict:
-    """Every evaluator on every model."""
-    metrics = {}
-    for role, model in models.items():
+def _evaluate(ctx: EvalContext, evaluators: list, models: dict, cache: Cache | None = None,
+              reuse: dict | None = None, state: RunState | None = None) -> dict:
+    """Every evaluator on every model; with `cache`, each model's evaluation is looked up first
+    (runner.reuse: `reuse` is the key's shared part) and `state` records the hits."""
+    def compute(role: str, model: torch.nn.Module) -> dict:
         ctx.role = role
-        metrics[role] = {}
+        out = {}
         for evaluate in evaluators:
-            metrics[role].update(evaluate(model, ctx))
+            out.update(evaluate(model, ctx))
         if ctx.samples is not None:
             ctx.samples.keep_outputs(role, {s: ctx.logits(model, s) for s in SPLITS})
         ctx.forget_model(model)
+        return out
+
+    metrics = {}
+    oracle = state_digest(models["retrain"]) if cache is not None else None
+    for role, model in models.items():
+        if cache is None:
+            metrics[role] = compute(role, model)
+            continue
+        metrics[role], hit = evaluate_cached(cache, reuse, oracle, model, role, ctx.samples,
+                                             lambda: compute(role, model))
+        state.cache_hits[f"evaluation.{role}"] = hit
     return metrics
 
 

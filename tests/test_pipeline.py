@@ -39,7 +39,11 @@ def _run(make_cfg, tmp_path, shared_cache, name, *overrides):
 def test_second_identical_run_trains_nothing_and_matches(make_cfg, tmp_path, shared_cache):
     first = _run(make_cfg, tmp_path, shared_cache, "a", "method=ft")
     second = _run(make_cfg, tmp_path, shared_cache, "b", "method=ft")
-    assert second["cache_hits"] == {"original": True, "retrain": True}
+    # An identical job reuses the unlearned model and every evaluation too (runner/reuse.py).
+    assert first["cache_hits"] == {"original": False, "retrain": False, "unlearned": False,
+                                   "evaluation.unlearned": False, "evaluation.retrain": False,
+                                   "evaluation.original": False}
+    assert second["cache_hits"] == {k: True for k in first["cache_hits"]}
     assert second["cache_keys"] == first["cache_keys"]
     assert second["metrics"] == first["metrics"]
     saved = json.loads((tmp_path / "b" / "metrics.json").read_text())
@@ -55,7 +59,8 @@ def test_cache_key_follows_what_determines_the_model(make_cfg, tmp_path, shared_
     # The method, the evaluators and the logger do not change the original or the oracle.
     other = _run(make_cfg, tmp_path, shared_cache, "b", "method=rl",
                  "eval.evaluators.mia_efficacy.C=1.0")["cache_keys"]
-    assert other == base
+    assert other["original"] == base["original"] and other["retrain"] == base["retrain"]
+    assert other["unlearned"] != base["unlearned"]  # the method's own model
     # Another forget set changes the oracle only; another recipe changes both.
     new_forget = _run(make_cfg, tmp_path, shared_cache, "c", "method=retrain",
                       "forget.seed=10")["cache_keys"]

@@ -42,7 +42,15 @@ def test_the_plan_names_what_is_trained_then_loaded(make_cfg, tmp_path, cache, c
     assert saved["plan"] == first["plan"]
     second = execute(make_cfg(*QUICK, "method=rl", cache_dir=cache), tmp_path / "b")
     assert _actions(second)["original"] == "load" and _actions(second)["retrain"] == "load"
-    assert second["cache_hits"] == {"original": True, "retrain": True}
+    # Another method of the same seed: only its own model is unlearned and evaluated anew.
+    assert second["cache_hits"] == {"original": True, "retrain": True, "unlearned": False,
+                                    "evaluation.unlearned": False, "evaluation.retrain": True,
+                                    "evaluation.original": True}
+    # An identical job: the plan says it loads the unlearned model, and it does.
+    third = execute(make_cfg(*QUICK, "method=rl", cache_dir=cache), tmp_path / "c")
+    assert _actions(third)["unlearn"] == "load" and third["cache_hits"]["unlearned"]
+    assert {i["name"]: i["key"] for i in third["plan"]}["unlearn"] == third["cache_keys"]["unlearned"]
+    assert third["metrics"] == second["metrics"]
 
 
 def test_the_plan_lists_the_adversarial_set_and_the_attack_models(make_cfg, tmp_path, cache):
