@@ -29,7 +29,9 @@ def _same_samples(a: dict, b: dict) -> None:
 def test_cached_evaluations_equal_fresh_ones(make_cfg, tmp_path):
     cache = tmp_path / "cache"
     runs = {}
-    for name, extra in (("old", ["cache.evaluations=false", "cache.unlearned=false"]),
+    # the old path: no reuse, and MIA-efficacy by sklearn's RBF SVC itself
+    for name, extra in (("old", ["cache.evaluations=false", "cache.unlearned=false",
+                                 "eval.evaluators.mia_efficacy.kernel_gib=0"]),
                         ("miss", []), ("hit", [])):
         runs[name] = execute(make_cfg(*QUICK, "method=rl", *extra, cache_dir=cache),
                              tmp_path / name)
