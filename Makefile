@@ -115,11 +115,14 @@ table-trw: setup  ## class-unlearning table (TRW, MIA-NN) on digits + CIFAR-10 J
 
 # Benchmarks (benchmarks/, docs/results/bench.md): hot-path throughput against a plain PyTorch
 # baseline (training step, inference, PGD; medians of 5 runs), and a whole small experiment timed
-# stage by stage. JSON under outputs/bench/. BENCH_ARGS / EXPERIMENT_ARGS pass options through.
+# stage by stage, and where a study's time goes beyond training (MIA-efficacy, a sweep's evaluations,
+# a whole 9-method study against one command per job). JSON under outputs/bench/.
+# BENCH_ARGS / EXPERIMENT_ARGS / STUDY_ARGS pass options through.
 CIFAR10_JPEG ?= ../shared/data/cifar10-jpeg.tar.gz
-bench: setup  ## benchmarks on this machine (CPU: about 10 minutes on 2 cores)
+bench: setup  ## benchmarks on this machine (CPU: about 45 minutes on 2 cores, 36 of them benchmarks.study)
 	$(PY) -m benchmarks.throughput $(BENCH_ARGS)
 	$(PY) -m benchmarks.experiment $(EXPERIMENT_ARGS)
+	$(PY) -m benchmarks.study $(STUDY_ARGS)
 
 bench-gpu: setup  ## the GPU figures of docs/results/bench.md (CIFAR-10 JPEG set, CUDA)
 	$(PY) -m benchmarks.fast

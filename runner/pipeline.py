@@ -20,13 +20,13 @@ from data.splits import Split, make_split
 from methods.common import UnlearnData, method_keys
 from models.spectral import spectral_norms
 from runner.cache import Cache, key_of, state_digest
-from runner.evaluate import EvalContext, avg_gap, predict
+from runner.evaluate import EvalContext, avg_gap
 from runner.figures import run_figures
 from runner import saved
-from runner.plan import Plan
-from runner.reference import References, cached_logits
-from runner.reuse import evaluate_cached, evaluation_base, unlearn_cached, unlearned_spec
-from runner.samples import SPLITS, Samples
+from runner.plan import make_plan
+from runner.reference import References
+from runner.reuse import evaluate_models, evaluation_base, unlearn_cached, unlearned_spec
+from runner.samples import Samples
 from runner.shadows import Shadows
 from runner.train import check_finite
 from runner.trained import RunState, Trainer, eval_batch_size, load_dataset, resolve_device
@@ -109,7 +109,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             original = trainer.new_model(cfg.seed)
             original.load_state_dict(saved.read_state(given, original, "original.checkpoint"))
             original.eval()
-            state.cache_keys["original"] = given_key(given)
+            state.cache_keys["original"] = saved.given_key(given)
             state.cache_hits["original"] = True  # loaded, not trained
     built = {p.field: [] for p in preparations}
     whole = {}  # the preparations made once, on the original, for the whole forget set
@@ -162,7 +162,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                 model.load_state_dict(saved.read_state(given_unlearned, model,
                                                        "unlearned.checkpoint"))
                 model.eval()
-                state.cache_keys["unlearned"] = given_key(given_unlearned)
+                state.cache_keys["unlearned"] = saved.given_key(given_unlearned)
         with state.stage("evaluate" + tag):
             ctx = EvalContext(
                 ds.train_x, ds.train_y, ds.test_x, ds.test_y, sub, ds.num_classes,
@@ -175,9 +175,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             reuse = (evaluation_base(cfg, ds, sub, list(evaluators.values()), refs, device=device,
                                      batch_size=batch_size, samples=ctx.samples is not None)
                      if cfg.cache.evaluations else None)
-            metrics = _evaluate(ctx, list(evaluators.values()),
+            metrics = evaluate_models(ctx, list(evaluators.values()),
                                 {"unlearned": model, "retrain": oracle, "original": original},
-                                cache if reuse else None, reuse, state)
+                                       cache if reuse else None, reuse, state)
         if cfg.save_samples and k == len(chunks):
             samples_file = ctx.samples.save(run_dir)
         if cfg.figures and k == len(chunks):
@@ -238,65 +238,6 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     }
 
 
-def given_key(path: str) -> str:
-    """The key of a model given as a file (`original.checkpoint`, `unlearned.checkpoint`): its
-    bytes' sha256."""
-    return "given-" + saved.file_digest(path)
-
-
-def make_plan(trainer: Trainer, ds, split: Split, chunks: list[np.ndarray], refs: References,
-              shadows: Shadows, preparations: list, evaluators: list,
-              given: str | None = None, given_unlearned: str | None = None,
-              unlearned_key=None) -> Plan:
-    """What `run` will train, build, load and run, in its order (runner.plan); `given`: the
-    original's file, if the run is given one; `given_unlearned`: the file of the model it
-    evaluates instead of running the method; `unlearned_key(start_key, chunk, retain_idx, k,
-    prepared keys)`: the unlearned model's cache key, when it is cached (known before the run
-    for the first request only: later ones start from the model the one before left)."""
-    plan, cache = Plan(), trainer.cache
-    plan.cached(f"dataset {ds.name}", "datasets", ds.fingerprint, True)
-    if given is None:
-        original = trainer.key(ds, np.arange(len(ds.train_y)))
-        plan.cached("original", "original", original, cache.has("original", original))
-    else:
-        original = given_key(given)
-        plan.cached(f"original ({given})", "given", original, True)
-    for p in (p for p in preparations if p.once):
-        key = p.key(original, split.forget_idx)
-        plan.cached(p.field, p.kind, key, p.has(key), miss="build")
-    start = 0
-    for k, chunk in enumerate(chunks, 1):
-        tag = "" if len(chunks) == 1 else f"/{k}"
-        start += len(chunk)
-        retain = np.setdiff1d(np.arange(len(ds.train_y)), split.forget_idx[:start])
-        oracle = trainer.key(ds, retain)
-        plan.cached("retrain" + tag, "retrain", oracle, cache.has("retrain", oracle))
-        prepared = {}
-        for p in preparations:
-            # later requests: the model request k-1 left
-            key = p.key(original, split.forget_idx if p.once else chunk) if k == 1 else None
-            prepared[p.field] = key
-            if not p.once:
-                plan.cached(p.field + tag, p.kind, key, key is not None and p.has(key),
-                            miss="build")
-        if given_unlearned is None and unlearned_key is not None and k == 1:
-            key = unlearned_key(original, chunk, retain, k, prepared)
-            plan.cached("unlearn", "unlearned", key, cache.has("unlearned", key), miss="run")
-        elif given_unlearned is None:
-            plan.own("unlearn" + tag)
-        else:
-            plan.cached(f"unlearned ({given_unlearned})", "given", given_key(given_unlearned),
-                        True)
-        if k == 1:  # what the evaluators use (`evaluate.uses`) is made at their first run
-            uses = [(use, e) for e in evaluators for use in getattr(e.func, "uses", ())]
-            if any(use == "reference" for use, _ in uses):
-                refs.plan(plan, range(refs.num_models), outputs=True)
-            for e in (e for use, e in uses if use == "shadows"):
-                shadows.plan(plan, e.keywords["num_shadows"])
-        plan.own("evaluate" + tag)
-    return plan
-
-
 def _unlearn_data(cfg: DictConfig, num_classes: int, x: torch.Tensor, y: torch.Tensor,
                   forget_idx: np.ndarray, retain_idx: np.ndarray,
                   oracle: torch.nn.Module, seed: int | None = None) -> UnlearnData:
@@ -315,56 +256,3 @@ def _unlearn_data(cfg: DictConfig, num_classes: int, x: torch.Tensor, y: torch.T
         # Only a method with D_R may have the model trained on D_R (retrain returns it).
         train_from_scratch=(lambda: copy.deepcopy(oracle)) if use_retain else None,
         forget_idx=np.asarray(forget_idx), retain_idx=np.asarray(retain_idx) if use_retain else None)
-
-
-def _evaluate(ctx: EvalContext, evaluators: list, models: dict, cache: Cache | None = None,
-              reuse: dict | None = None, state: RunState | None = None) -> dict:
-    """Every evaluator on every model; with `cache`, each model's evaluation is looked up first
-    (runner.reuse: `reuse` is the key's shared part) and `state` records the hits."""
-    def compute(role: str, model: torch.nn.Module) -> dict:
-        ctx.role = role
-        out = {}
-        for evaluate in evaluators:
-            out.update(evaluate(model, ctx))
-        if ctx.samples is not None:
-            ctx.samples.keep_outputs(role, {s: ctx.logits(model, s) for s in SPLITS})
-        ctx.forget_model(model)
-        return out
-
-    metrics = {}
-    oracle = state_digest(models["retrain"]) if cache is not None else None
-    for role, model in models.items():
-        if cache is None:
-            metrics[role] = compute(role, model)
-            continue
-        metrics[role], hit = evaluate_cached(cache, reuse, oracle, model, role, ctx.samples,
-                                             lambda: compute(role, model))
-        state.cache_hits[f"evaluation.{role}"] = hit
-    return metrics
-
-
-def run_reference(cfg: DictConfig, run_dir: Path) -> dict:
-    """`stage=reference`: train (or find) reference model `reference.index`, or all of them when
-    it is null, and cache their population outputs. Jobs of a multirun share the cache dir."""
-    state = RunState()
-    device = resolve_device(cfg.device)
-    cache = Cache(cfg.paths.cache_dir)
-    batch_size = eval_batch_size(cfg, device)
-    with state.stage("data"):
-        ds = load_dataset(cfg).to(device)
-    refs = References(Trainer.of(cfg, cache, device), cfg.reference, ds, batch_size)
-    which = range(refs.num_models) if cfg.reference.index is None else [cfg.reference.index]
-    plan = Plan()
-    refs.plan(plan, which, outputs=False)
-    plan.log()
-    population = ds.population[0]
-    keys = {}
-    with state.stage("reference"):
-        for m in which:
-            model, keys[m] = refs.model(m)
-            cached_logits(cache, keys[m], ds.fingerprint,
-                          lambda: predict(model, population, batch_size).cpu().numpy())
-    return {"stage": "reference", "dataset": cfg.dataset.name, "seed": cfg.seed,
-            "reference": {**refs.stats, "keys": keys}, "plan": plan.record(),
-            "stage_seconds": state.stage_seconds,
-            "device": str(device)}

@@ -28,7 +28,7 @@ from data.splits import keep_matrix
 from runner.cache import Cache, key_of
 from runner.evaluate import predict
 from runner.plan import Plan
-from runner.trained import RunState, Trainer
+from runner.trained import RunState, Trainer, eval_batch_size, load_dataset, resolve_device
 from runner.typed import ConfigError, check_value, Seed
 
 log = logging.getLogger("runner")
@@ -139,3 +139,30 @@ class References:
                     logits.append(np.load(found / "logits.npy"))
             self._outputs = ReferenceOutputs(np.stack(logits), labels.cpu().numpy())
         return self._outputs
+
+
+def run_reference(cfg: DictConfig, run_dir: Path) -> dict:
+    """`stage=reference`: train (or find) reference model `reference.index`, or all of them when
+    it is null, and cache their population outputs. Jobs of a multirun share the cache dir."""
+    state = RunState()
+    device = resolve_device(cfg.device)
+    cache = Cache(cfg.paths.cache_dir)
+    batch_size = eval_batch_size(cfg, device)
+    with state.stage("data"):
+        ds = load_dataset(cfg).to(device)
+    refs = References(Trainer.of(cfg, cache, device), cfg.reference, ds, batch_size)
+    which = range(refs.num_models) if cfg.reference.index is None else [cfg.reference.index]
+    plan = Plan()
+    refs.plan(plan, which, outputs=False)
+    plan.log()
+    population = ds.population[0]
+    keys = {}
+    with state.stage("reference"):
+        for m in which:
+            model, keys[m] = refs.model(m)
+            cached_logits(cache, keys[m], ds.fingerprint,
+                          lambda: predict(model, population, batch_size).cpu().numpy())
+    return {"stage": "reference", "dataset": cfg.dataset.name, "seed": cfg.seed,
+            "reference": {**refs.stats, "keys": keys}, "plan": plan.record(),
+            "stage_seconds": state.stage_seconds,
+            "device": str(device)}

@@ -36,6 +36,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from runner.cache import Cache, code_fingerprint, load_model, save_model, state_digest
+from runner.samples import SPLITS
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("attacks", "data", "methods", "models", "runner")
@@ -127,3 +128,30 @@ def unlearn_cached(cache: Cache, spec: dict, model: torch.nn.Module,
     if "model" in result:
         return result["model"], key, hit
     return load_model(path, model), key, hit
+
+
+def evaluate_models(ctx, evaluators: list, models: dict, cache: Cache | None = None,
+                    reuse: dict | None = None, state=None) -> dict:
+    """Every evaluator on every model (`models`: role -> model; `ctx`: runner.evaluate.EvalContext);
+    with `cache`, each model's evaluation is looked up first (`reuse`: the key's shared part, from
+    `evaluation_base`) and `state` (runner.trained.RunState) records the hits."""
+    def compute(role: str, model: torch.nn.Module) -> dict:
+        ctx.role = role
+        out = {}
+        for evaluate in evaluators:
+            out.update(evaluate(model, ctx))
+        if ctx.samples is not None:
+            ctx.samples.keep_outputs(role, {s: ctx.logits(model, s) for s in SPLITS})
+        ctx.forget_model(model)
+        return out
+
+    metrics = {}
+    oracle = state_digest(models["retrain"]) if cache is not None else None
+    for role, model in models.items():
+        if cache is None:
+            metrics[role] = compute(role, model)
+            continue
+        metrics[role], hit = evaluate_cached(cache, reuse, oracle, model, role, ctx.samples,
+                                             lambda: compute(role, model))
+        state.cache_hits[f"evaluation.{role}"] = hit
+    return metrics

@@ -81,3 +81,9 @@ def file_digest(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def given_key(path: str) -> str:
+    """The key of a model given as a file (`original.checkpoint`, `unlearned.checkpoint`): its
+    bytes' sha256."""
+    return "given-" + file_digest(path)

@@ -11,7 +11,8 @@ from typing import Callable
 from omegaconf import DictConfig
 
 from runner import ensemble
-from runner.pipeline import run, run_reference
+from runner.pipeline import run
+from runner.reference import run_reference
 from runner.results import ROLES, summary_rows
 from runner.table import UNLEARN_TABLE, Table
 from runner.typed import ConfigError
