@@ -94,6 +94,16 @@ def _margin(coef: np.ndarray, kernel_abs_sum: np.ndarray, intercept: float) -> n
     return (2.0 ** -48 + 2 * n * 2.0 ** -53) * (kernel_abs_sum + abs(intercept)) + 1e-300
 
 
+def _finite(values, what: str) -> np.ndarray:
+    """`values` as a flat float64 array; NaN or inf raise, as sklearn's SVC does (a NaN decision
+    value would otherwise count as a non-member)."""
+    out = np.asarray(values, dtype=np.float64).ravel()
+    if not np.isfinite(out).all():
+        raise ValueError(f"SVC on 1-D features: the {what} contain NaN or inf "
+                         f"({int((~np.isfinite(out)).sum())} of {len(out)})")
+    return out
+
+
 class SVC1D:
     """`SVC(C=C, kernel="rbf", gamma=gamma)` fit on 1-D features `x` (labels `y`), predicting
     exactly what that SVC predicts. `gamma`: a number ("auto" on one feature is 1.0)."""
@@ -102,7 +112,7 @@ class SVC1D:
         self.C, self.gamma, self.max_gib = C, float(gamma), max_gib
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> "SVC1D":
-        self.x = np.asarray(x, dtype=np.float64).ravel()
+        self.x = _finite(x, "training features")
         self.precomputed = len(self.x) ** 2 * 8 <= self.max_gib * 2 ** 30
         if not self.precomputed:
             self.svc = SVC(C=self.C, kernel="rbf", gamma=self.gamma).fit(self.x[:, None], y)
@@ -134,7 +144,7 @@ class SVC1D:
 
     def predict(self, target: np.ndarray) -> np.ndarray:
         """What the RBF SVC predicts on `target` (1-D)."""
-        t = np.asarray(target, dtype=np.float64).ravel()
+        t = _finite(target, "targets")
         if not self.precomputed:
             return self.svc.predict(t[:, None])
         values, inverse = np.unique(t, return_inverse=True)

@@ -59,6 +59,12 @@ def index_digest(idx: np.ndarray) -> str:
     return hashlib.sha256(np.sort(np.asarray(idx)).astype(np.int64).tobytes()).hexdigest()
 
 
+def ordered_digest(idx: np.ndarray) -> str:
+    """sha256 of a sequence of indices in its order: for what depends on the order (a forget
+    set's batches and subsamples, its attack pool)."""
+    return hashlib.sha256(np.asarray(idx, dtype=np.int64).tobytes()).hexdigest()
+
+
 @dataclass
 class ForgetSpec:
     """The `forget` config group's schema (runner.typed): `random` takes fraction or count and

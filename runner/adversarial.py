@@ -3,7 +3,6 @@ forget set) with `attacks.pgd`, and reused by every AMUN run of a sweep."""
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import logging
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from attacks.pgd import auto_eps_init, fgsm_doubling, pgd_doubling
 from data.loader import to_float
+from data.splits import ordered_digest
 from runner.cache import Cache, code_fingerprint, key_of
 from runner.typed import BatchSize, ConfigError, Positive, Range, Steps, typed
 
@@ -99,7 +99,7 @@ class AdversarialSet:
 def spec_of(attack: DictConfig, model_key: str, forget_idx: np.ndarray) -> dict:
     """What determines an adversarial set: the cache key's content."""
     # The forget indices in sampler order: eps_init auto looks at the first AUTO_SAMPLES of them.
-    ordered = hashlib.sha256(np.asarray(forget_idx, dtype=np.int64).tobytes()).hexdigest()
+    ordered = ordered_digest(forget_idx)
     return {"original": model_key, "attack": OmegaConf.to_container(attack, resolve=True),
             "forget_idx_sha256_ordered": ordered, "n_forget": int(len(forget_idx)),
             "code": ATTACK_CODE}

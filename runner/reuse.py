@@ -13,11 +13,13 @@ per-sample columns (runner.samples), keyed by
   whether per-sample columns are kept,
 - the reference models' keys when an evaluator uses them, and the method, the seed and the
   dataset's config when an evaluator unlearns shadow models with the method (U-LiRA),
-- `PROJECT_CODE`: every Python file of the runner's packages, so an edit to any of them is a miss.
+- `PROJECT_CODE`: every Python file of the runner's packages, so an edit to any of them is a miss,
+  and the versions of torch, numpy and scikit-learn.
 
 The unlearned model of a request is an artifact too (kind `unlearned`): an identical job (same
 config, same code, same cache) loads it instead of unlearning again. Its key holds the model it
-starts from, the oracle, the resolved method config, the request's forget set and D_R, the seed,
+starts from, the oracle, the resolved method config, the request's forget set (in its order)
+and D_R, the seed,
 the dataset's augmentation, the recipe's precision and memory format, the device kind and CPU
 thread count, what the method prepared (AMUN's D_A key) and `PROJECT_CODE`.
 
@@ -32,9 +34,11 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import sklearn
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from data.splits import index_digest, ordered_digest
 from runner.cache import Cache, code_fingerprint, load_model, save_model, state_digest
 from runner.samples import SPLITS
 
@@ -42,6 +46,9 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("attacks", "data", "methods", "models", "runner")
 # Taken at import, like TRAINING_CODE: it describes the code this process runs.
 PROJECT_CODE = code_fingerprint(p for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py"))
+# The libraries whose numerics an evaluation or an unlearning depends on (sklearn: MIA-efficacy's
+# and MIA-NN's SVCs).
+VERSIONS = {"torch": torch.__version__, "numpy": np.__version__, "sklearn": sklearn.__version__}
 
 
 def _plain(node) -> object:
@@ -58,8 +65,10 @@ def evaluation_base(cfg: DictConfig, ds, split, evaluators: list, refs, *, batch
     spec = {
         "what": "evaluation", "code": PROJECT_CODE, "model_config": _plain(cfg.model),
         "evaluators": _plain(cfg.eval.evaluators), "dataset": ds.fingerprint,
-        "split": {"kind": split.kind, "forget": split.digest("forget"),
+        # the forget set in its order: RMIA subsamples and U-LiRA's shadows follow it
+        "split": {"kind": split.kind, "forget": ordered_digest(split.forget_idx),
                   "retain": split.digest("retain"), "class_id": split.class_id},
+        "versions": VERSIONS,
         "batch_size": batch_size, "samples": bool(samples), "device": device.type,
     }
     if device.type == "cpu":
@@ -100,11 +109,10 @@ def unlearned_spec(cfg: DictConfig, *, start_key: str, oracle_key: str, chunk: n
                    retain_idx: np.ndarray, seed: int, prepared: dict,
                    device: torch.device) -> dict:
     """What determines the model one unlearning request leaves (see the module docstring)."""
-    from data.splits import index_digest
-
-    spec = {"what": "unlearned", "code": PROJECT_CODE, "start": start_key, "oracle": oracle_key,
-            "method": _plain(cfg.method), "model_config": _plain(cfg.model),
-            "forget": index_digest(np.asarray(chunk)), "n_forget": int(len(chunk)),
+    spec = {"what": "unlearned", "code": PROJECT_CODE, "versions": VERSIONS, "start": start_key,
+            "oracle": oracle_key, "method": _plain(cfg.method), "model_config": _plain(cfg.model),
+            # in its order: the method's batches are drawn from positions in it
+            "forget": ordered_digest(chunk), "n_forget": int(len(chunk)),
             "retain": index_digest(np.asarray(retain_idx)) if cfg.method.use_retain else None,
             "seed": seed, "augment": _plain(cfg.dataset.augment),
             "precision": cfg.train.precision, "channels_last": cfg.train.channels_last,

@@ -92,3 +92,18 @@ def test_cache_switches_are_booleans(make_cfg, tmp_path, key):
 
     with pytest.raises(ConfigError, match=key):
         validate(make_cfg(*QUICK, f"{key}=maybe"))
+
+
+def test_the_forget_sets_order_is_part_of_the_keys(make_cfg, tmp_path):
+    """The same indices in another order give other batches: nothing is reused."""
+    idx = np.random.RandomState(0).choice(1437, 100, replace=False)
+    np.save(tmp_path / "a.npy", idx)
+    np.save(tmp_path / "b.npy", np.sort(idx))
+    cache = tmp_path / "cache"
+    runs = [execute(make_cfg(*QUICK, "method=ft", "forget=indices", f"forget.path={tmp_path / f}",
+                             cache_dir=cache), tmp_path / f"run{k}")
+            for k, f in enumerate(("a.npy", "b.npy", "a.npy"))]
+    assert runs[1]["cache_keys"]["retrain"] == runs[0]["cache_keys"]["retrain"]  # same D_R
+    assert not runs[1]["cache_hits"]["unlearned"] and not runs[1]["cache_hits"]["evaluation.original"]
+    assert runs[1]["cache_keys"]["unlearned"] != runs[0]["cache_keys"]["unlearned"]
+    assert runs[2]["cache_hits"]["unlearned"] and runs[2]["metrics"] == runs[0]["metrics"]

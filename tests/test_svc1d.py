@@ -103,3 +103,15 @@ def test_entries_near_a_float32_tie_are_flagged():
     block = torch.tensor([near + far], dtype=torch.float64)
     assert _unsure(block, tiny=False)[:, 1].tolist() == [0, 1, 2, 3]
     assert _unsure(torch.tensor([[1e-40, 0.5]], dtype=torch.float64), tiny=True)[:, 1].tolist() == [0]
+
+
+def test_non_finite_features_raise_like_sklearn():
+    x, y, _ = _data(50)
+    bad = x.copy()
+    bad[3] = np.nan
+    with pytest.raises(ValueError):
+        SVC(C=3.0, kernel="rbf", gamma="auto").fit(bad[:, None], y)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        SVC1D(3.0).fit(bad, y)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        SVC1D(3.0).fit(x, y).predict(np.array([0.5, np.inf]))
