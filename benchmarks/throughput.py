@@ -5,8 +5,10 @@ same model, data and machine, in the same process (repeats interleaved, so drift
   over a dataset that returns PIL images through torchvision's RandomCrop(32, 4) +
   RandomHorizontalFlip + ToTensor, fp32, `loss.item()` every step. Ours: `runner.train.fit` over
   `data.loader.Batches` (uint8 images resident on the device, crop + flip on the device), with the
-  precision and memory format given (default bf16 autocast + channels_last: on this project's
-  2-core AMD EPYC with AVX512-BF16, a bf16 ResNet-18 step ran 2.6x as fast as an fp32 one).
+  precision and memory format given (default `auto`: bf16 autocast where the device computes
+  bf16 natively, CUDA or a CPU with AVX512-BF16 / AMX, fp32 elsewhere: on a 2-core AMD EPYC with
+  AVX512-BF16 a bf16 ResNet-18 step ran 2.6x as fast as an fp32 one, on one with AVX2 only 13x
+  slower; channels_last unless --no-channels-last).
 - infer: images/s of logits on the test images. Baseline: a DataLoader with ToTensor, batch 128,
   persistent workers started before the clock, `torch.no_grad`, each batch's output copied to the
   host. Ours: `runner.evaluate.predict` at the runner's default batch (`runner.trained.EVAL_BATCH`:
@@ -14,8 +16,9 @@ same model, data and machine, in the same process (repeats interleaved, so drift
 - pgd: forget samples/s of AMUN's adversarial search (L2 PGD-50, step 0.1 eps, eps doubled until the
   prediction flips). Baseline: per batch, every still-correct sample runs all 50 steps of a round
   (the torchattacks pattern), then the unflipped ones continue at 2 eps from where they are. Ours:
-  `attacks.pgd.pgd_doubling`, which stops a sample at its first flipped iterate and refills its slot.
-  Also reports model calls per sample for both (PGD on a model first trained for `pgd_epochs`).
+  `attacks.pgd.pgd_doubling`, which stops a sample at its first flipped iterate and refills its
+  slot, on the model in ours' memory format (the runner's model is in its recipe's). Both fp32. Also
+  reports model calls per sample for both (PGD on a model first trained for `pgd_epochs`).
 
 Each measurement is `repeats` runs after `warmup` steps; the JSON (outputs/bench/throughput.json)
 holds every run, the medians, the spread and the ratio of medians.
@@ -40,7 +43,7 @@ from data.loader import Augment, Batches
 from runner.evaluate import predict
 from runner.optim import sgd
 from runner.train import fit
-from runner.trained import EVAL_BATCH
+from runner.trained import EVAL_BATCH, native_precision
 
 WARMUP = 2
 
@@ -183,12 +186,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--pgd-images", type=int, default=64)
     ap.add_argument("--pgd-epochs", type=int, default=3)
     ap.add_argument("--eps-init", type=float, default=0.05)
-    ap.add_argument("--precision", default="bf16", help="ours: fp32 or bf16")
+    ap.add_argument("--precision", default="auto",
+                    help="ours: fp32, bf16, or auto (bf16 where the device has it natively)")
     ap.add_argument("--no-channels-last", action="store_true")
     ap.add_argument("--name", default="throughput")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
-    precision = args.precision
+    precision = native_precision(device) if args.precision == "auto" else args.precision
     channels_last = not args.no_channels_last
     n_train = max((WARMUP + args.steps) * args.batch_size, args.pgd_images * 4)
     x, y, xt, yt = cifar_shaped(args.data, n_train, args.infer_images)
@@ -216,13 +220,13 @@ def main(argv: list[str] | None = None) -> dict:
                                         device=device))
         record["infer"][name] = _entry("images/s", len(xt), a, b)
     for name in args.pgd_models.split(","):
-        record["pgd"][name] = _pgd_entry(name, args, x_dev, y_dev, device)
+        record["pgd"][name] = _pgd_entry(name, args, x_dev, y_dev, device, channels_last)
     path = write(args.name, record)
     _print(record, path)
     return record
 
 
-def _pgd_entry(name: str, args, x_dev, y_dev, device) -> dict:
+def _pgd_entry(name: str, args, x_dev, y_dev, device, channels_last: bool) -> dict:
     torch.manual_seed(0)
     model = MODELS[name]().to(device)
     opt = sgd(model, lr=0.05, momentum=0.9, weight_decay=5e-4)
@@ -234,15 +238,20 @@ def _pgd_entry(name: str, args, x_dev, y_dev, device) -> dict:
     xf, yf = x_dev[pick].float() / 255, y_dev[pick]
     kw = dict(eps_init=args.eps_init, steps=50, max_doublings=10, batch_size=args.batch_size)
     calls = {}
+    ours_model = copy.deepcopy(model)
+    if channels_last:
+        ours_model = ours_model.to(memory_format=torch.channels_last)
 
     def plain():
         calls["plain"] = plain_pgd(model, xf, yf, **kw)
 
     def ours():
-        calls["ours"] = pgd_doubling(model, xf, yf, norm="l2", step_ratio=0.1, **kw).model_calls
+        calls["ours"] = pgd_doubling(ours_model, xf, yf, norm="l2", step_ratio=0.1,
+                                     **kw).model_calls
 
     a, b = _pairs(args.repeats, lambda: timed(plain, device), lambda: timed(ours, device))
     return _entry("samples/s", len(pick), a, b, eps_init=args.eps_init,
+                  channels_last=channels_last,
                   model_calls_per_sample={k: v / len(pick) for k, v in calls.items()})
 
 

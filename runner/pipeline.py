@@ -29,7 +29,8 @@ from runner.reuse import evaluate_models, evaluation_base, unlearn_cached, unlea
 from runner.samples import Samples
 from runner.shadows import Shadows
 from runner.train import check_finite
-from runner.trained import RunState, Trainer, eval_batch_size, load_dataset, resolve_device
+from runner.trained import (RunState, Trainer, eval_batch_size, load_dataset, native_precision,
+                            resolve_device)
 from runner.typed import ConfigError, import_target, partial_of
 
 log = logging.getLogger("runner")
@@ -57,6 +58,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     request."""
     state = RunState()
     device = resolve_device(cfg.device)
+    if cfg.train.precision == "bf16" and native_precision(device) == "fp32":
+        log.warning("train.precision=bf16 on a CPU without native bf16 (no AVX512-BF16 or AMX): "
+                    "emulated, about 13x slower than fp32 on an AVX2 CPU we measured; "
+                    "train.precision=fp32 trains another model (another cache key)")
     cache = Cache(cfg.paths.cache_dir)
     trainer = Trainer.of(cfg, cache, device)
     batch_size = eval_batch_size(cfg, device)

@@ -66,6 +66,15 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def native_precision(device: torch.device) -> str:
+    """bf16 where the device computes it natively (CUDA, or a CPU that oneDNN runs bf16 on:
+    AVX512-BF16 or AMX), fp32 elsewhere: an AVX2-only CPU emulates bf16, and a width-16 ResNet-18
+    step at batch 128 measured 13x slower in bf16 than in fp32 on one."""
+    if device.type == "cuda":
+        return "bf16"
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
 def set_cpu_threads(count: int | None) -> int:
     """Fix torch's intra-op thread count for the run and return it: `count`, or (None) every CPU
     this process may run on (its affinity mask, which launchers leave alone, unlike the

@@ -17,13 +17,15 @@ def _bench_dir(tmp_path, monkeypatch):
 
 
 def test_throughput_writes_both_pipelines_and_pgd_saves_calls(tmp_path):
+    # NCHW for both: the same iterates, so the call counts compare exactly.
     record = throughput.main(["--models", "small_cnn", "--pgd-models", "small_cnn",
-                              "--repeats", "1", "--steps", "1", "--batch-size", "16",
+                              "--no-channels-last", "--repeats", "1", "--steps", "1", "--batch-size", "16",
                               "--workers", "0", "--infer-images", "40", "--pgd-images", "8",
                               "--pgd-epochs", "1", "--name", "t"])
     saved = json.loads((tmp_path / "bench" / "t.json").read_text())
     assert saved["train"]["small_cnn"]["ratio"] == record["train"]["small_cnn"]["ratio"] > 0
     assert saved["infer"]["small_cnn"]["items"] == 40
+    assert saved["ours"]["precision"] == throughput.native_precision(common.torch.device("cpu"))
     calls = saved["pgd"]["small_cnn"]["model_calls_per_sample"]
     # Both follow the same iterates; ours stops each sample at its first flip, so never costs more.
     assert 0 < calls["ours"] <= calls["plain"]
