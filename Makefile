@@ -5,7 +5,8 @@ STAMP   := .venv/.installed
 SWEEP   ?= $(shell ls -td outputs/demo outputs/multirun/*/*/ 2>/dev/null | head -1)
 
 .PHONY: help setup demo table-demo table-amun-cifar10 table-amun-lipschitz table-offline table-trw \
-        table-lotos table-lotos-offline table-regimes table-regimes-class tune bench bench-gpu test test-slow clean
+        table-lotos table-lotos-offline table-regimes table-regimes-class tune bench bench-gpu \
+        verify-gpu verify-gpu-wheels test test-slow clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -132,6 +133,28 @@ bench-gpu: setup  ## the GPU figures of docs/results/bench.md (CIFAR-10 JPEG set
 	$(PY) -m benchmarks.experiment --name experiment_cuda16 dataset=cifar10_jpeg \
 	    dataset.subset.train=null dataset.subset.test=null model=airbench train=fast \
 	    reference.num_models=16 device=cuda
+
+# The paper-scale check (benchmarks/verify_gpu.py): Table 1's comparison at full scale on the
+# CIFAR-10 JPEG set, train=fast's time to accuracy, the airbench package's own trainer on the same
+# tensors, the throughput rows; within BUDGET seconds, skipping what does not fit. DEVICE=cpu TINY=1:
+# every stage at toy size (the check before GPU minutes are spent). Writes docs/results/verify_gpu/
+# (TINY: outputs/verify_gpu_tiny/results/).
+DEVICE ?= cuda
+BUDGET ?= 540
+verify-gpu: setup  ## the paper-scale check on one GPU in 9 minutes (DEVICE=cpu TINY=1: toy size)
+	$(PY) -m benchmarks.verify_gpu --device $(DEVICE) --budget-s $(BUDGET) $(if $(TINY),--tiny) \
+	    --data $(CIFAR10_JPEG) $(VERIFY_ARGS)
+
+# For a GPU machine without a package registry (and its own torch): the wheels the check needs
+# beyond torch, torchvision, numpy, scikit-learn, pandas, matplotlib and tqdm, into .whl/; there:
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+#   PYTHONPATH=/tmp/site python3 -m benchmarks.verify_gpu
+verify-gpu-wheels: setup  ## download the wheels verify-gpu needs on an offline GPU machine to .whl/
+	$(PY) -m pip download -q --no-deps -d .whl airbench==0.1.8 $$($(PY) -m pip freeze \
+	    | grep -iE '^(hydra-core|omegaconf|antlr4-python3-runtime)==')
+	cd .whl && for f in *.tar.gz; do ../$(PY) -m pip wheel -q --no-deps --no-build-isolation $$f \
+	    && rm $$f; done
+	@ls .whl
 
 test: setup  ## the test suite (fast CPU tests)
 	$(PY) -m pytest -q
