@@ -146,9 +146,11 @@ verify-gpu: setup  ## the paper-scale check on one GPU in 9 minutes (DEVICE=cpu 
 	    --data $(CIFAR10_JPEG) $(VERIFY_ARGS)
 
 # For a GPU machine without a package registry (and its own torch): the wheels the check needs
-# beyond torch, torchvision, numpy, scikit-learn, pandas, matplotlib and tqdm, into .whl/; there:
+# beyond torch, torchvision, numpy, scikit-learn, pandas, matplotlib and tqdm, into .whl/; copy the
+# JPEG archive into the checkout (mkdir -p .gpudata && cp $(CIFAR10_JPEG) .gpudata/), and there:
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
-#   PYTHONPATH=/tmp/site python3 -m benchmarks.verify_gpu
+#   PYTHONPATH=/tmp/site python3 -m benchmarks.verify_gpu --data .gpudata/cifar10-jpeg.tar.gz
+# (docs/results/bench.md, "make verify-gpu", has the whole command).
 verify-gpu-wheels: setup  ## download the wheels verify-gpu needs on an offline GPU machine to .whl/
 	$(PY) -m pip download -q --no-deps -d .whl airbench==0.1.8 $$($(PY) -m pip freeze \
 	    | grep -iE '^(hydra-core|omegaconf|antlr4-python3-runtime)==')

@@ -28,6 +28,10 @@ in a few minutes on a CPU, before GPU minutes are spent (`make verify-gpu DEVICE
 
 from __future__ import annotations
 
+import time
+
+T0 = time.monotonic()  # the budget counts from here: torch's and hydra's imports are in it
+
 import argparse
 import json
 import os
@@ -35,7 +39,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -45,7 +48,11 @@ import torch
 from benchmarks.common import device_name
 from runner.trained import native_precision
 
-METHODS = ("retrain", "ft", "rl", "ga", "salun", "amun", "amun_salun")
+METHODS = ("retrain", "ft", "rl", "ga", "salun", "amun", "amun_salun")  # the tables' order
+# The sweep's order: retrain first (it trains the shared models), then the paper's own method, so
+# a comparison stopped at its deadline has lost baselines rather than AMUN.
+SWEEP_ORDER = ("retrain", "amun", "amun_salun", "salun", "rl", "ft", "ga")
+GRACE_S = 15  # between SIGTERM (the runner checkpoints what it trains) and SIGKILL
 COLUMNS = "forget_acc,retain_acc,test_acc,mia_efficacy,rmia_ft_auc,avg_gap"
 # AMUN's Table 1, CIFAR-10, forget 10 %, with D_R (mean of 27 runs; shared/REFERENCE.md):
 # forget / retain / test accuracy, RMIA FT AUC, Avg. Gap.
@@ -58,8 +65,11 @@ PAPER_TABLE1 = {
 # Seconds on one H100 (bench.md's figures: ResNet-18 trains at 48,000 images/s, its PGD runs
 # 146 samples/s, the JPEG decode took 16.6 s, airbench 2.9 s a run) and, for --tiny, on the
 # project's 2-core CPU.
-ESTIMATE_S = {"data": (30, 20), "comparison": (420, 240), "fast": (40, 40),
-              "control": (45, 15), "throughput": (90, 60)}
+ESTIMATE_S = {"data": (30, 40), "comparison": (420, 120), "fast": (40, 20),
+              "control": (45, 10), "throughput": (90, 20)}
+# The comparison can stop part-way and still report the jobs that finished: it starts when the
+# time left covers its first job (the shared models and the retrain oracle's evaluation).
+MINIMUM_S = {"comparison": (180, 40)}
 
 
 @dataclass
@@ -89,44 +99,75 @@ class Context:
         return self.deadline - time.monotonic()
 
 
-def run_process(cmd: list[str], ctx: Context, deadline: float,
+def run_process(cmd: list[str], ctx: Context, deadline: float, label: str,
                 progress: Callable[[], str] | None = None) -> dict:
-    """Run `cmd` until it ends or `deadline` (monotonic seconds) passes; then SIGTERM, and SIGKILL
-    30 s later. Returns its exit code, seconds, and whether it was stopped."""
+    """Run `cmd` until it ends or `deadline` (monotonic seconds) passes, and at the latest
+    GRACE_S before the whole budget's end; then SIGTERM, and SIGKILL GRACE_S later. If this
+    process is interrupted meanwhile, the child's process group is stopped the same way before the
+    interruption goes on (a child in its own session would otherwise outlive us on the GPU).
+    Returns its exit code, seconds, and whether it was stopped."""
     start = time.monotonic()
+    deadline = min(deadline, ctx.deadline - GRACE_S)
     proc = subprocess.Popen(cmd, env=ctx.env(), start_new_session=True)
     stopped, last = False, start
-    while proc.poll() is None:
-        time.sleep(0.5)
-        now = time.monotonic()
-        if now >= deadline and not stopped:
-            print(f"  time limit reached: stopping {' '.join(cmd[2:4])} (SIGTERM)", flush=True)
-            os.killpg(proc.pid, signal.SIGTERM)
-            stopped, deadline = True, now + 30
-        elif now >= deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-        if progress and now - last >= ctx.progress_s:
-            print(f"  {progress()} (elapsed {now - start:.0f} s)", flush=True)
-            last = now
+    try:
+        while proc.poll() is None:
+            time.sleep(0.5)
+            now = time.monotonic()
+            if now >= deadline and not stopped:
+                print(f"  time limit reached: stopping {label} (SIGTERM)", flush=True)
+                os.killpg(proc.pid, signal.SIGTERM)
+                stopped, deadline = True, now + GRACE_S
+            elif now >= deadline:
+                os.killpg(proc.pid, signal.SIGKILL)
+            if progress and now - last >= ctx.progress_s:
+                print(f"  {progress()} (elapsed {now - start:.0f} s)", flush=True)
+                last = now
+    except BaseException:
+        _stop(proc)
+        raise
     return {"returncode": proc.returncode, "seconds": time.monotonic() - start,
             "stopped_at_limit": stopped}
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the child's process group, SIGKILL if it is still there GRACE_S later."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(GRACE_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def load_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def fresh_json(path: Path) -> Path:
+    """`path`, deleted first: a stage that fails reports nothing rather than an earlier run's."""
+    path.unlink(missing_ok=True)
+    return path
+
+
+def _read_ok(path: Path) -> dict | None:
+    """A job's metrics.json if the job finished (a running job's says "running")."""
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, ValueError):  # being rewritten this moment
+        return None
+    return m if m.get("status") == "ok" else None
+
+
+def _ok(path: Path) -> bool:
+    return _read_ok(path) is not None
+
+
 def finished(sweep: Path) -> list[dict]:
-    """The metrics.json of the sweep's jobs that finished (a running job's says "running")."""
-    out = []
-    for path in sorted(sweep.glob("*/metrics.json")):
-        try:
-            m = json.loads(path.read_text())
-        except ValueError:  # being rewritten this moment
-            continue
-        if m.get("status") == "ok":
-            out.append(m)
-    return out
+    """The metrics.json of the sweep's jobs that finished."""
+    return [m for m in map(_read_ok, sorted(sweep.glob("*/metrics.json"))) if m is not None]
 
 
 # ---------------------------------------------------------------------------------- the stages
@@ -137,19 +178,19 @@ def stage_data(ctx: Context, deadline: float) -> dict:
             "print(f'  decoded {len(y)} train and {len(yt)} test images')")
     if ctx.data == "synthetic":
         return {"skipped": "synthetic data: nothing to decode"}
-    return run_process([sys.executable, "-c", code, ctx.data], ctx, deadline)
+    return run_process([sys.executable, "-c", code, ctx.data], ctx, deadline, "the decode")
 
 
 def comparison_groups(tiny: bool) -> list[list[str]]:
     """The runner commands of the comparison: one per group of methods that take the same
     overrides (at toy size the unlearning methods get 1 epoch, AMUN 5 PGD steps per radius)."""
     if not tiny:
-        return [[f"method={','.join(METHODS)}"]]
+        return [[f"method={','.join(SWEEP_ORDER)}"]]
     # One command per AMUN variant: a sweep composes its base config with the default method,
     # which has no `attack` to override.
     amun = ["method.epochs=1", "method.attack.steps=5"]
-    return [["method=retrain"], ["method=ft,rl,ga,salun", "method.epochs=1"],
-            ["method=amun", *amun], ["method=amun_salun", *amun]]
+    return [["method=retrain"], ["method=amun", *amun], ["method=amun_salun", *amun],
+            ["method=salun,rl,ft,ga", "method.epochs=1"]]
 
 
 def comparison_overrides(ctx: Context) -> list[str]:
@@ -173,11 +214,19 @@ def stage_comparison(ctx: Context, deadline: float) -> dict:
     jobs = len(METHODS)
 
     def progress() -> str:
-        done = len(finished(sweep))
-        spent = time.monotonic() - begun
-        rest = f", about {spent / done * (jobs - done):.0f} s to go" if done else ""
+        ends = sorted(path.stat().st_mtime for path in sweep.glob("*/metrics.json")
+                      if _ok(path))
+        done = len(ends)
+        if done == 0:  # the first job trains the original, the oracle and the reference models
+            return f"comparison: 0 of {jobs} jobs done (the first trains the shared models)"
+        rest = ""
+        if done >= 2:  # the later jobs only unlearn and evaluate: time them apart from the first
+            per_job = (ends[-1] - ends[0]) / (done - 1)
+            rest = f", about {per_job * (jobs - done):.0f} s to go"
         return f"comparison: {done} of {jobs} jobs done{rest}"
 
+    # This run's jobs only: the cache keeps the models, the folder keeps no earlier run's results.
+    shutil.rmtree(sweep, ignore_errors=True)
     begun, runs = time.monotonic(), []
     for group in comparison_groups(ctx.tiny):
         if time.monotonic() >= deadline:
@@ -185,14 +234,19 @@ def stage_comparison(ctx: Context, deadline: float) -> dict:
             continue
         cmd = [sys.executable, "-m", "runner", "-m", "experiment=verify_gpu", *group,
                *comparison_overrides(ctx)]
-        runs.append({"group": group, **run_process(cmd, ctx, deadline, progress)})
+        runs.append({"group": group, **run_process(cmd, ctx, deadline, "the comparison",
+                                                   progress)})
     result = {"runs": runs, "jobs_done": len(finished(sweep)),
               "jobs": jobs, "seconds": time.monotonic() - begun}
     table = ctx.out / "comparison"
-    report = subprocess.run([sys.executable, "-m", "runner.report", str(sweep), "--out",
-                             str(table), "--columns", COLUMNS], env=ctx.env(),
-                            capture_output=True, text=True)
-    result["table"] = report.stdout if report.returncode == 0 else report.stderr
+    try:
+        report = subprocess.run([sys.executable, "-m", "runner.report", str(sweep), "--out",
+                                 str(table), "--columns", COLUMNS], env=ctx.env(),
+                                capture_output=True, text=True,
+                                timeout=max(ctx.left() - GRACE_S, 1))
+        result["table"] = report.stdout if report.returncode == 0 else report.stderr
+    except subprocess.TimeoutExpired:
+        result["table"] = "runner.report: stopped at the budget's end"
     result["against_paper"] = against_paper(sweep)
     return result
 
@@ -220,17 +274,20 @@ def stage_fast(ctx: Context, deadline: float) -> dict:
                 f"paths.cache_dir={ctx.cache}", f"dataset.root={ctx.data}",
                 "dataset.subset.train=600", "dataset.subset.test=200", "model.widths=[8,16,16]",
                 "train.epochs=1", "train.batch_size=64", tiny_precision(ctx)]
-    result = run_process([sys.executable, "-m", "benchmarks.fast", *args], ctx, deadline)
-    return {**result, "benchmark": load_json(ctx.work / "bench" / "verify_fast.json")}
+    out = fresh_json(ctx.work / "bench" / "verify_fast.json")
+    result = run_process([sys.executable, "-m", "benchmarks.fast", *args], ctx, deadline,
+                         "benchmarks.fast")
+    return {**result, "benchmark": load_json(out)}
 
 
 def stage_control(ctx: Context, deadline: float) -> dict:
     args = ["--data", ctx.data, "--wheels", str(ctx.wheels), "--name", "verify_control"]
     if ctx.tiny:
         args += ["--runs", "1", "--n-train", "600", "--n-test", "200"]
+    out = fresh_json(ctx.work / "bench" / "verify_control.json")
     result = run_process([sys.executable, "-m", "benchmarks.airbench_control", *args], ctx,
-                         deadline)
-    return {**result, "benchmark": load_json(ctx.work / "bench" / "verify_control.json")}
+                         deadline, "the airbench control")
+    return {**result, "benchmark": load_json(out)}
 
 
 def stage_throughput(ctx: Context, deadline: float) -> dict:
@@ -243,8 +300,10 @@ def stage_throughput(ctx: Context, deadline: float) -> dict:
         args += ["--batch-size", "512", "--steps", "30", "--workers", "4", "--infer-images",
                  "10000", "--pgd-images", "512", "--models", "small_cnn,resnet18,airbench",
                  "--pgd-models", "resnet18"]
-    result = run_process([sys.executable, "-m", "benchmarks.throughput", *args], ctx, deadline)
-    return {**result, "benchmark": load_json(ctx.work / "bench" / "verify_throughput.json")}
+    out = fresh_json(ctx.work / "bench" / "verify_throughput.json")
+    result = run_process([sys.executable, "-m", "benchmarks.throughput", *args], ctx, deadline,
+                         "benchmarks.throughput")
+    return {**result, "benchmark": load_json(out)}
 
 
 STAGES: dict[str, Callable[[Context, float], dict]] = {
@@ -254,10 +313,12 @@ STAGES: dict[str, Callable[[Context, float], dict]] = {
 
 # ------------------------------------------------------------------------------ the driver
 
-def plan(ctx: Context, names: list[str], estimates: dict[str, float]) -> None:
-    """Run `names` in order within ctx.deadline, rewriting the record after each one."""
+def plan(ctx: Context, names: list[str], estimates: dict[str, float],
+         minimums: dict[str, float] | None = None) -> None:
+    """Run `names` in order within ctx.deadline, rewriting the record after each one. A stage
+    starts when the time left covers its estimate (or its minimum, where it has one)."""
     for i, name in enumerate(names, 1):
-        left, need = ctx.left(), estimates[name]
+        left, need = ctx.left(), (minimums or {}).get(name, estimates[name])
         if need > left:
             entry = {"status": "skipped",
                      "reason": f"needs about {need:.0f} s, {max(left, 0):.0f} s left"}
@@ -266,7 +327,7 @@ def plan(ctx: Context, names: list[str], estimates: dict[str, float]) -> None:
             # The comparison leaves what the next two stages are estimated to need.
             reserve = sum(estimates[n] for n in names[i:i + 2]) if name == "comparison" else 0
             deadline = time.monotonic() + max(left - reserve, need)
-            print(f"[{i}/{len(names)}] {name}: about {need:.0f} s, at most "
+            print(f"[{i}/{len(names)}] {name}: about {estimates[name]:.0f} s, at most "
                   f"{deadline - time.monotonic():.0f} s ({left:.0f} s of the budget left)",
                   flush=True)
             begun = time.monotonic()
@@ -274,11 +335,16 @@ def plan(ctx: Context, names: list[str], estimates: dict[str, float]) -> None:
                 entry = {"status": "done", **STAGES[name](ctx, min(deadline, ctx.deadline))}
             except Exception as err:  # a broken stage must not lose the others' results
                 entry = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+            except KeyboardInterrupt:
+                ctx.record["stages"][name] = {"status": "interrupted",
+                                              "wall_seconds": time.monotonic() - begun}
+                raise
             runs = [entry, *entry.get("runs", [])]  # the comparison runs several commands
-            if any(r.get("stopped_at_limit") for r in runs):
-                entry["status"] = "stopped at the limit"
-            elif any(r.get("returncode") not in (None, 0) for r in runs):
+            if any(r.get("returncode") not in (None, 0) and not r.get("stopped_at_limit")
+                   for r in runs):
                 entry["status"] = "failed"
+            elif any(r.get("stopped_at_limit") for r in runs):
+                entry["status"] = "stopped at the limit"
             entry["wall_seconds"] = time.monotonic() - begun
             print(f"[{i}/{len(names)}] {name}: {entry['status']} in "
                   f"{entry['wall_seconds']:.0f} s", flush=True)
@@ -376,7 +442,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.fresh:
         shutil.rmtree(work, ignore_errors=True)
     out = args.out or (work / "results" if args.tiny else Path("docs/results/verify_gpu"))
-    start = time.monotonic()
+    start = T0
     ctx = Context(device=args.device, tiny=args.tiny, data=str(Path(args.data).resolve())
                   if args.data != "synthetic" else "synthetic", work=work.resolve(),
                   out=out, deadline=start + args.budget_s, progress_s=args.progress_s,
@@ -386,12 +452,24 @@ def main(argv: list[str] | None = None) -> dict:
                   "tiny": args.tiny, "torch": torch.__version__,
                   "command": " ".join(["python -m benchmarks.verify_gpu", *(argv or sys.argv[1:])]),
                   "stages": {}}
-    estimates = {n: ESTIMATE_S[n][1 if args.tiny else 0] for n in names}
+    size = 1 if args.tiny else 0
+    estimates = {n: ESTIMATE_S[n][size] for n in names}
     print(f"verify-gpu on {ctx.record['device']}: {', '.join(names)}; about "
           f"{sum(estimates.values()):.0f} s estimated, {args.budget_s:.0f} s budget", flush=True)
-    plan(ctx, names, estimates)
-    ctx.record["total_seconds"] = time.monotonic() - start
-    write_record(ctx)
+
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    # A SIGTERM (a scheduler's, a tool's timeout) stops the stage's processes and keeps the record.
+    signal.signal(signal.SIGTERM, interrupted)
+    try:
+        plan(ctx, names, estimates, {n: v[size] for n, v in MINIMUM_S.items()})
+    except KeyboardInterrupt as err:
+        ctx.record["interrupted"] = str(err) or "KeyboardInterrupt"
+        raise
+    finally:
+        ctx.record["total_seconds"] = time.monotonic() - start
+        write_record(ctx)
     print(f"done in {ctx.record['total_seconds']:.0f} s; written: {ctx.out / 'verify.json'}, "
           f"{ctx.out / 'verify.md'}")
     return ctx.record

@@ -5,6 +5,7 @@ whole check runs at toy size on a CPU."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -42,13 +43,42 @@ def test_a_process_past_its_deadline_is_stopped_and_a_failure_is_reported(tmp_pa
     ctx = _ctx(tmp_path, budget_s=60)
     start = time.monotonic()
     res = vg.run_process([sys.executable, "-c", "import time; time.sleep(120)"], ctx,
-                         deadline=time.monotonic() + 1.0)
+                         deadline=time.monotonic() + 1.0, label="a sleeper")
     assert res["stopped_at_limit"] and time.monotonic() - start < 20
     assert res["returncode"] != 0
-    # A stage whose process fails is "failed", and the stages after it still run.
+    # A stage whose process fails is "failed", and reports no earlier run's benchmark figures.
     ctx.data = str(tmp_path / "missing.tar.gz")
-    vg.plan(ctx, ["data"], {"data": 1})
+    stale = ctx.work / "bench" / "verify_fast.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text('{"train_seconds": {"runs": [1.0]}, "test_accuracy": {"runs": [94.0]}}')
+    vg.plan(ctx, ["data", "fast"], {"data": 1, "fast": 1})
     assert ctx.record["stages"]["data"]["status"] == "failed"
+    assert ctx.record["stages"]["fast"]["status"] == "failed"
+    assert ctx.record["stages"]["fast"]["benchmark"] is None and not stale.exists()
+
+
+def test_an_interrupted_driver_stops_its_stage_process(tmp_path):
+    ctx = _ctx(tmp_path, budget_s=60)
+    pid_file = tmp_path / "pid"
+    code = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+
+    def interrupt() -> str:  # what a SIGTERM to the driver does mid-stage (see main)
+        raise KeyboardInterrupt("signal 15")
+
+    ctx.progress_s = 1.0
+    with pytest.raises(KeyboardInterrupt):
+        vg.run_process([sys.executable, "-c", code], ctx, deadline=time.monotonic() + 60,
+                       label="a sleeper", progress=interrupt)
+    pid = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):  # gone, not left running in its own session
+        os.kill(pid, 0)
+
+
+def test_the_comparison_starts_on_its_minimum_and_amun_runs_right_after_retrain():
+    order = [m for group in vg.comparison_groups(False) for m in
+             group[0].removeprefix("method=").split(",")]
+    assert order[:3] == ["retrain", "amun", "amun_salun"]
+    assert vg.MINIMUM_S["comparison"][0] < vg.ESTIMATE_S["comparison"][0]
 
 
 def test_the_comparison_runs_every_method_of_table1_at_both_sizes():
